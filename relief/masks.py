@@ -1,0 +1,124 @@
+"""Masks that keep pruned weights at exactly zero, through PyTorch parametrizations.
+
+A mask dictionary maps a tensor's name, as ``model.named_parameters()`` gives it for the unmasked model (for example
+``"features.0.weight"``), to a boolean tensor of the same shape; ``False`` means pruned. Once applied, the module
+computes ``weight = original * mask`` in every forward, so neither gradients nor optimizer momentum or weight decay
+can revive a pruned weight, and the mask is saved in the state dict as ``...parametrizations.weight.0.mask``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+Masks = dict[str, torch.Tensor]
+
+
+class Mask(nn.Module):
+    """The parametrization: multiplies the tensor by a fixed boolean mask."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor * self.mask
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attribute = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        module = None
+    if module is None or not hasattr(module, attribute):
+        raise KeyError(f"mask {name!r} names no tensor of {type(model).__name__}")
+    return module, attribute
+
+
+def _mask_of(module: nn.Module, attribute: str) -> Mask | None:
+    if parametrize.is_parametrized(module, attribute):
+        for parametrization in module.parametrizations[attribute]:
+            if isinstance(parametrization, Mask):
+                return parametrization
+    return None
+
+
+def stored_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    """The tensor that an optimizer updates for ``name``: the parameter, or the original under a parametrization."""
+    module, attribute = _owner(model, name)
+    if parametrize.is_parametrized(module, attribute):
+        return module.parametrizations[attribute].original
+    return getattr(module, attribute)
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """Mask ``model`` in place (again, if it is masked already) and zero the stored pruned weights."""
+    for name, mask in masks.items():
+        module, attribute = _owner(model, name)
+        tensor = getattr(module, attribute)
+        if mask.shape != tensor.shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
+        mask = mask.to(device=tensor.device, dtype=torch.bool)
+        existing = _mask_of(module, attribute)
+        if existing is None:
+            parametrize.register_parametrization(module, attribute, Mask(mask), unsafe=True)
+        else:
+            existing.mask.copy_(mask)
+        with torch.no_grad():
+            stored_tensor(model, name).mul_(mask)
+    return model
+
+
+def masks_of(model: nn.Module) -> Masks:
+    """The masks applied to ``model``, by tensor name."""
+    found = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attribute in module.parametrizations:
+            mask = _mask_of(module, attribute)
+            if mask is not None:
+                found[f"{module_name}.{attribute}" if module_name else attribute] = mask.mask.clone()
+    return found
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Bake the masks into plain parameters (pruned entries stay zero) and drop the parametrizations.
+
+    Done by hand rather than with ``parametrize.remove_parametrizations``, which edits the parametrized class that a
+    deep copy shares with its original, and so would break the original.
+    """
+    for module in list(model.modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        baked = {attribute: getattr(module, attribute).detach().clone() for attribute in module.parametrizations}
+        originals = {attribute: module.parametrizations[attribute].original for attribute in baked}
+        del module.parametrizations
+        module.__class__ = module.__class__.__bases__[0]
+        for attribute, value in baked.items():
+            if isinstance(originals[attribute], nn.Parameter):
+                module.register_parameter(attribute, nn.Parameter(value, originals[attribute].requires_grad))
+            else:
+                module.register_buffer(attribute, value)
+    return model
+
+
+@contextmanager
+def temporarily_masked(model: nn.Module, masks: Masks | None):
+    """Within the block, the stored tensors are multiplied by ``masks``; afterwards they are restored exactly."""
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, mask in (masks or {}).items():
+                tensor = stored_tensor(model, name)
+                saved[name] = tensor.clone()
+                tensor.mul_(mask.to(tensor.device))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, values in saved.items():
+                stored_tensor(model, name).copy_(values)
