@@ -61,7 +61,7 @@ def _fold_constants(net: nn.Module, graph: LayerGraph, masks: Masks, example_inp
                 continue
             if layer.bias is None:
                 layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device))
-            layer.bias += layer.weight[:, column].flatten(1).sum(dim=1) * constant
+            layer.bias += layer.weight[:, column].reshape(layer.weight.shape[0], -1).sum(dim=1) * constant
             layer.weight[:, column] = 0
             masks[f"{name}.weight"][:, column] = False
 

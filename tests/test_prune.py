@@ -1,0 +1,207 @@
+"""NNrelief pruning passes: a hand-checked MLP, and structural invariants on real architectures."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from relief import models, nnrelief
+from relief.compact import compact
+from relief.graph import EXTERNAL, UnsupportedOperation, trace
+from relief.masks import apply_masks
+
+T, F_ = True, False
+
+
+def _tiny_mlp():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[2.0, 1.0], [1.0, -3.0], [-1.0, -1.0], [0.1, 0.1]]))
+        model[0].bias.copy_(torch.tensor([0.2, 0.0, 0.0, 0.0]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0, 5.0, 0.1], [0.1, 2.0, 1.0, 0.1]]))
+        model[2].bias.copy_(torch.tensor([0.0, 0.1]))
+    return model
+
+
+def test_tiny_mlp_by_hand():
+    # Inputs: mean |x| = (1.5, 0.5). Hidden outputs relu(W1 x + b1): (3.2, 0, 0, .2) and (4.2, 2, 0, .2),
+    # so unit 2 is dead and mean h = (3.7, 1, 0, 0.2).
+    # Layer 1, alpha .8: unit 0 scores (3, .5, .2)/3.7 -> keeps w00 only (3/3.7 = .81); unit 1 (1.5, 1.5, 0) -> both;
+    # unit 2 (1.5, .5, 0) -> both (.75 < .8); unit 3 (.15, .05, 0) -> both.
+    # Layer 2: output 0 (3.7, 1, 0, .02 | 0) -> columns 0, 1 (3.7/4.72 = .78 < .8); output 1 (.37, 2, 0, .02 | .1)
+    # -> column 1 (2/2.49 = .803). Units 2 and 3 are left without outputs: backward pruning removes their inputs.
+    x = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    masks = nnrelief.prune(_tiny_mlp(), x, alpha_fc=0.8)
+    assert masks["0.weight"].tolist() == [[T, F_], [T, T], [F_, F_], [F_, F_]]
+    assert masks["0.bias"].tolist() == [F_, F_, F_, F_]
+    assert masks["2.weight"].tolist() == [[T, T, F_, F_], [F_, T, F_, F_]]
+    assert masks["2.bias"].tolist() == [F_, F_]
+
+
+def test_tiny_mlp_continues_from_masks_and_keeps_the_model_unchanged():
+    model = _tiny_mlp()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    first = nnrelief.prune(model, x, alpha_fc=0.8)
+    second = nnrelief.prune(model, x, alpha_fc=0.8, masks=first)
+    for name in first:
+        assert not (second[name] & ~first[name]).any(), name
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # Continuing from the masks equals pruning the masked model.
+    masked = apply_masks(copy.deepcopy(model), first)
+    from_applied = nnrelief.prune(masked, x, alpha_fc=0.8)
+    assert all(torch.equal(second[name], from_applied[name]) for name in second)
+
+
+def test_batches_and_data_loader_tuples_give_the_same_masks():
+    model = models.build("lenet5", 10, (1, 28, 28))
+    x = torch.rand(60, 1, 28, 28)
+    whole = nnrelief.prune(model, x)
+    loader = [(x[:25], torch.zeros(25)), (x[25:], torch.zeros(35))]
+    batched = nnrelief.prune(model, loader)
+    assert all(torch.equal(whole[name], batched[name]) for name in whole)
+
+
+class SmallResidualCNN(nn.Module):
+    """None of the zoo: a stride-2 conv, a residual add with a 1x1 projection, global pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.branch = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.branch_bn = nn.BatchNorm2d(12)
+        self.project = nn.Conv2d(8, 12, 1, bias=False)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        x = F.relu(self.branch_bn(self.branch(x)) + self.project(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+ARCHITECTURES = [
+    ("lenet5", lambda: models.build("lenet5", 10, (1, 28, 28)), (1, 28, 28)),
+    ("vgg-like", lambda: models.build("vgg-like", 10, (3, 32, 32)), (3, 32, 32)),
+    ("resnet20", lambda: models.build("resnet20", 10, (3, 32, 32)), (3, 32, 32)),
+    ("small-residual-cnn", SmallResidualCNN, (3, 16, 16)),
+]
+
+
+def _train_bn_statistics(model, x):
+    """Give BatchNorm layers non-trivial running statistics, as a trained model has."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    model.eval()
+
+
+def _check_structure(model, masks, x):
+    graph = trace(apply_masks(copy.deepcopy(model), masks), x[:1])
+    alive = {}
+    for name, layer in graph.layers.items():
+        rows = masks[f"{name}.weight"].flatten(1).any(1)
+        if layer.bias is not None:
+            rows |= masks[f"{name}.bias"]
+        alive[name] = rows.tolist()
+    consumers = graph.consumers()
+    live = {n: masks[f"{n}.weight"].transpose(0, 1).flatten(1).any(1).tolist() for n in graph.columns}
+    for name in graph.layers:
+        if name in graph.output_layers:
+            assert all(alive[name]), "the output neurons are intact"
+            continue
+        for unit, unit_alive in enumerate(alive[name]):
+            if unit_alive:
+                assert any(live[c][i] for c, i in consumers.get((name, unit), ())), f"{name}[{unit}] has no outputs"
+    for name, sources in graph.columns.items():
+        for column, units in enumerate(sources):
+            if live[name][column]:
+                assert any(u == EXTERNAL or alive[u[0]][u[1]] for u in units), f"{name} column {column} reads nothing"
+    for name, sources in graph.batchnorms.items():
+        for channel, units in enumerate(sources):
+            fed = any(u == EXTERNAL or alive[u[0]][u[1]] for u in units)
+            assert bool(masks[f"{name}.weight"][channel]) == fed
+
+
+CASES = [(name, build, shape, norm) for name, build, shape in ARCHITECTURES for norm in ("fro", "fro-mean", "l1")
+         if name != "vgg-like" or norm == "fro-mean"]  # one norm on the 15 M-parameter VGG keeps the suite short
+
+
+@pytest.mark.parametrize("name,build,shape,norm", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
+def test_pass_structure_compaction_and_no_revival(name, build, shape, norm):
+    torch.manual_seed(0)
+    model = build()
+    x = torch.rand(24, *shape)
+    _train_bn_statistics(model, x)
+    masks = nnrelief.prune(model, x, alpha_conv=0.8, alpha_fc=0.8, conv_norm=norm)
+    assert set(masks) >= {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    for param_name, mask in masks.items():
+        assert mask.shape == dict(model.named_parameters())[param_name].shape
+    for param_name, mask in masks.items():
+        if mask.dim() == 4:
+            assert torch.equal(mask, mask[:, :, :1, :1].expand_as(mask)), "conv masks are constant over each kernel"
+    _check_structure(model, masks, x)
+    assert sum(int(m.sum()) for m in masks.values()) < sum(m.numel() for m in masks.values())
+
+    masked = apply_masks(copy.deepcopy(model), masks).eval()
+    small = compact(masked, masks, x)
+    with torch.no_grad():
+        expected, got = masked(x), small(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+    again = nnrelief.prune(model, x, alpha_conv=0.8, alpha_fc=0.8, conv_norm=norm, masks=masks)
+    for param_name in masks:
+        assert not (again[param_name] & ~masks[param_name]).any(), f"{param_name} revived a connection"
+    _check_structure(model, again, x)
+
+
+def test_residual_rule_prunes_a_weak_branch_channel():
+    torch.manual_seed(0)
+    model = SmallResidualCNN().eval()
+    with torch.no_grad():
+        model.branch_bn.weight[3] = 1e-4  # branch channel 3 is negligible next to the projection
+        model.branch_bn.bias[3] = 0.0
+    x = torch.rand(16, 3, 16, 16)
+    masks = nnrelief.prune(model, x, alpha_conv=0.95, alpha_fc=1.0)  # the head keeps every channel it reads
+    assert not masks["branch.weight"][3].any()
+    assert not masks["branch_bn.weight"][3] and not masks["branch_bn.bias"][3]
+    assert masks["project.weight"][3].any()
+
+
+def test_output_layer_neurons_are_never_removed():
+    torch.manual_seed(0)
+    model = models.build("lenet300-100", 10, (1, 28, 28))
+    masks = nnrelief.prune(model, torch.rand(32, 1, 28, 28), alpha_fc=0.5)
+    output_layer = [n for n in masks if n.endswith(".weight")][-1]
+    rows = masks[output_layer].any(1) | masks[output_layer.replace("weight", "bias")]
+    assert rows.all()
+
+
+def test_grouped_convolutions_are_rejected_clearly():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(UnsupportedOperation, match="groups"):
+        nnrelief.prune(model, torch.rand(2, 4, 8, 8))
+
+
+def test_an_operation_it_cannot_follow_is_named():
+    class Transposing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x).transpose(0, 1)
+
+    with pytest.raises(UnsupportedOperation, match="transpose"):
+        nnrelief.prune(Transposing(), torch.rand(4, 3))
+
+
+@pytest.mark.parametrize("bad", [{"alpha_fc": 0.0}, {"alpha_conv": 1.5}, {"conv_norm": "l2"}, {"rule": "mine"}])
+def test_bad_arguments_are_refused(bad):
+    with pytest.raises(ValueError):
+        nnrelief.prune(_tiny_mlp(), torch.rand(3, 2), **bad)
