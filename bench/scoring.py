@@ -126,7 +126,8 @@ def _cpu_name() -> str:
 
 def _report(args) -> None:
     print(f"# {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {args.threads}, "
-          f"N={args.n} images, forward batches of {BATCH}, median of {args.repeats} after 1 warm-up")
+          f"N={args.n} images, forward batches of {BATCH}, median of {args.repeats} after 1 warm-up, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
     print("# peak MiB: RSS sampled from /proc/self/statm every 5 ms during the first pass, minus the RSS before it")
     header = ("model", "conv_norm", "forward s", "pass s", "pass/forward x", "target x", "met", "compact s",
               "compact/forward x", "peak MiB")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CONV_NORMS = ("fro", "fro-mean", "l1")
-_CHUNK_ELEMENTS = 2**24  # bound on the intermediate tensor of the per-sample conv scores
+_CHUNK_ELEMENTS = 2**24  # bound on the patches and the per-sample squares of one chunk of "fro" scoring
 
 
 class ScoreAccumulator:
@@ -33,6 +33,7 @@ class ScoreAccumulator:
         self.count = 0
         self.total: torch.Tensor | None = None
         self.positions = 1  # output positions per sample (H_out * W_out for a conv)
+        self.products: torch.Tensor | None = None  # "fro": the kernels' pair products, computed once
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
@@ -65,7 +66,8 @@ class ScoreAccumulator:
             patches = self._patches(mean.unsqueeze(0).to(weight.dtype))[0]  # (in, k*k, positions)
             kernels = weight.flatten(2)
             if self.conv_norm == "fro-mean":
-                connections = _quadratic_forms(kernels, _gram(patches.unsqueeze(0)))[0].clamp_min(0).sqrt()
+                squares = torch.bmm(_pair_products(kernels), _gram_pairs(patches[None]))
+                connections = squares[..., 0].transpose(0, 1).clamp_min(0).sqrt()
                 bias_scale = math.sqrt(self.positions)
             else:
                 connections = torch.einsum("oip,ip->oi", kernels, patches.sum(-1))
@@ -87,29 +89,49 @@ class ScoreAccumulator:
 
     def _fro_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel, without per-kernel output maps."""
-        kernels = self.layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in, k*k)
-        out_channels, in_channels, taps = kernels.shape
-        total = torch.zeros(out_channels, in_channels, dtype=torch.float64, device=x.device)
-        chunk = max(1, _CHUNK_ELEMENTS // (out_channels * in_channels * taps))
+        if self.products is None:
+            kernels = self.layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in, k*k)
+            self.products = _pair_products(kernels)
+        in_channels, out_channels, _ = self.products.shape
+        taps = math.prod(self.layer.kernel_size)
+        positions = _output_positions(self.layer, x.shape[-2:])
+        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(out_channels, taps * positions)))
+        total = torch.zeros(in_channels, out_channels, dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], chunk):
-            patches = self._patches(x[start:start + chunk])
-            if self.positions < taps:  # few output positions: the maps themselves are cheaper than Gram matrices
-                maps = torch.einsum("oip,nipl->noil", kernels, patches)
-                squares = maps.square().sum(-1)
-            else:
-                squares = _quadratic_forms(kernels, _gram(patches))
-            total += squares.clamp_min(0).sqrt().sum(0, dtype=torch.float64)
-        return total
+            grams = _gram_pairs(self._patches(x[start:start + chunk]))  # (in, pairs, n)
+            squares = torch.bmm(self.products, grams)  # (in, out, n): ||K_ij * |x_ni| ||_F^2
+            total += squares.clamp_min_(0).sqrt_().sum(-1)
+        return total.transpose(0, 1)
 
 
-def _gram(patches: torch.Tensor) -> torch.Tensor:
-    """Per sample and input channel, G = sum over positions of p p^T: ``(N, in, k*k, k*k)``."""
-    return torch.einsum("nipl,niql->nipq", patches, patches)
+def _pairs(taps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.triu_indices(taps, taps, device=device).unbind(0)
 
 
-def _quadratic_forms(kernels: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """k^T G k for every sample, filter and input channel: ``(N, out, in)``; equals ||K * z||_F^2."""
-    return torch.einsum("oip,nipq,oiq->noi", kernels, gram, kernels)
+def _pair_products(kernels: torch.Tensor) -> torch.Tensor:
+    """For kernels ``(out, in, k*k)``: k_p k_q for p <= q, doubled off the diagonal, as ``(in, out, pairs)``,
+    so that k^T G k is the sum over pairs of these times G_pq."""
+    first, second = _pairs(kernels.shape[-1], kernels.device)
+    weights = torch.where(first == second, 1.0, 2.0).to(kernels.dtype)
+    kernels = kernels.transpose(0, 1).contiguous()
+    return kernels.index_select(2, first) * kernels.index_select(2, second) * weights
+
+
+def _gram_pairs(patches: torch.Tensor) -> torch.Tensor:
+    """Per input channel, the Gram entries G_pq (p <= q) of every sample: ``(in, pairs, N)``.
+
+    G = sum over positions of p p^T, with p the k*k patch at a position; ||K * z||_F^2 = k^T G k.
+    """
+    gram = torch.einsum("nipl,niql->nipq", patches, patches)
+    first, second = _pairs(gram.shape[-1], gram.device)
+    return gram[..., first, second].permute(1, 2, 0).contiguous()
+
+
+def _output_positions(layer: nn.Conv2d, size) -> int:
+    left, right, top, bottom = _padding(layer)
+    padded = (size[0] + top + bottom, size[1] + left + right)
+    extent = [d * (k - 1) + 1 for d, k in zip(layer.dilation, layer.kernel_size)]
+    return math.prod((p - e) // s + 1 for p, e, s in zip(padded, extent, layer.stride))
 
 
 def _padding(layer: nn.Conv2d) -> list[int]:

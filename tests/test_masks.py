@@ -54,7 +54,8 @@ def test_masks_are_saved_in_the_state_dict_and_restored():
     apply_masks(model, masks)
     state = model.state_dict()
     assert torch.equal(state["classifier.0.parametrizations.weight.0.mask"], masks["classifier.0.weight"])
-    fresh = apply_masks(models.build("lenet300-100", 10, (1, 28, 28)), {k: torch.ones_like(v) for k, v in masks.items()})
+    fresh = models.build("lenet300-100", 10, (1, 28, 28))
+    apply_masks(fresh, {name: torch.ones_like(mask) for name, mask in masks.items()})
     fresh.load_state_dict(state)
     assert all(torch.equal(masks_of(fresh)[name], masks[name]) for name in masks)
 

@@ -1,4 +1,4 @@
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -53,7 +53,7 @@ PARAMETER_COUNTS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def built(name, num_classes, input_shape):
     return build(name, num_classes, input_shape)
 
@@ -138,7 +138,9 @@ def test_unknown_name_lists_known_names():
     assert "lenet300-100" in str(error.value)
 
 
-@pytest.mark.parametrize("input_shape", [(28, 28), (1, 28, 28, 1), (1, 0, 28), (1, -28, 28), (1, 28.0, 28), "abc", None])
+@pytest.mark.parametrize(
+    "input_shape", [(28, 28), (1, 28, 28, 1), (1, 0, 28), (1, -28, 28), (1, 28.0, 28), "abc", None]
+)
 def test_bad_input_shape(input_shape):
     with pytest.raises(ValueError, match="input_shape must be 3 positive ints"):
         build("lenet5", 10, input_shape)

@@ -140,7 +140,7 @@ def test_pass_structure_compaction_and_no_revival(name, build, shape, norm):
     assert set(masks) >= {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     for param_name, mask in masks.items():
         assert mask.shape == dict(model.named_parameters())[param_name].shape
-    for param_name, mask in masks.items():
+    for mask in masks.values():
         if mask.dim() == 4:
             assert torch.equal(mask, mask[:, :, :1, :1].expand_as(mask)), "conv masks are constant over each kernel"
     _check_structure(model, masks, x)

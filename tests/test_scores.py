@@ -10,9 +10,9 @@ from torch import nn
 from torch.testing import assert_close
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference  # noqa: E402
+import reference
 
-from relief.nnrelief import connection_scores  # noqa: E402
+from relief.nnrelief import connection_scores
 
 NORMS = ("fro", "fro-mean", "l1")
 RTOL = 1e-5
@@ -182,7 +182,9 @@ def _layers_and_inputs():
         yield f"conv_one_position_{norm}", _conv(), _inputs(6, 3, 3, 3), norm
 
 
-@pytest.mark.parametrize("name, layer, x, norm", list(_layers_and_inputs()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, layer, x, norm", list(_layers_and_inputs()), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_batched_input_equals_whole_input(name, layer, x, norm):
     whole = connection_scores(layer, x, norm)
     batches = [x[:1], x[1:3], x[3:]]  # sizes 1, 2, 3
@@ -191,7 +193,9 @@ def test_batched_input_equals_whole_input(name, layer, x, norm):
     assert_close(connection_scores(layer, tuple(batches), norm), whole, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("name, layer, x, norm", list(_layers_and_inputs()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, layer, x, norm", list(_layers_and_inputs()), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_rows_sum_to_one(name, layer, x, norm):
     got = connection_scores(layer, x, norm)
     assert torch.all(got >= 0)

@@ -7,7 +7,8 @@ from numbers import Integral
 
 from torch import nn
 
-from relief.models.lenet import LeNet5, LeNet300_100, init_weights, lenet5, lenet300_100
+from relief.models.init import init_weights
+from relief.models.lenet import LeNet5, LeNet300_100, lenet5, lenet300_100
 from relief.models.resnet import (
     BasicBlock,
     ChannelPadShortcut,

@@ -1,20 +1,11 @@
-"""LeNet-300-100 and LeNet-5-Caffe, and the weight initialisation shared by all models."""
+"""LeNet-300-100 and LeNet-5-Caffe."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-
-def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal weights and zero biases for conv/linear layers; BN weight 1, bias 0."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.kaiming_normal_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+from relief.models.init import init_weights
 
 
 class LeNet300_100(nn.Module):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relief.models.lenet import init_weights
+from relief.models.init import init_weights
 
 
 class ChannelPadShortcut(nn.Module):
