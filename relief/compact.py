@@ -27,10 +27,12 @@ def compact(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> nn.M
     ``example_input`` is a batch of real inputs, used to trace the model and to read the constants it folds.
     """
     net = remove_masks(copy.deepcopy(model)).eval()
-    masks = {name: mask.clone() for name, mask in masks.items()}
+    given = masks
+    masks = {}  # a mask for every parameter: the given one, or all kept
     for name, tensor in net.named_parameters():
-        if name in masks:
-            tensor.mul_(masks[name].to(tensor.device))
+        mask = given.get(name)
+        masks[name] = torch.ones_like(tensor, dtype=torch.bool) if mask is None else mask.to(tensor.device, torch.bool)
+        tensor.mul_(masks[name])
     graph = trace(net, example_input[:1])
     _fold_constants(net, graph, masks, example_input)
     _remove(net, graph, _removable_units(graph, masks), example_input[:1])

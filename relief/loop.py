@@ -1,0 +1,175 @@
+"""The iterative prune-retrain loop: train dense, then (prune, measure, rewind, retrain, measure) x num_iters.
+
+Every stage leaves a checkpoint in ``out_dir``; calling :func:`run_loop` again with the same arguments resumes from
+the last completed iteration (and, within a retraining, from its last completed epoch), and ends with the same
+masks and metrics as an uninterrupted run on CPU.
+
+    out_dir/init.pt           initial weights            out_dir/rewind.pt     weights to rewind to ("epoch")
+    out_dir/dense.pt          trained dense model         out_dir/iter_03.pt    model, masks, optimizer, metrics
+    out_dir/metrics.json      all metrics so far          out_dir/<stage>/epoch.pt   mid-training state (removed after)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from relief import checkpoints, metrics
+from relief.data import Dataset
+from relief.masks import Masks, apply_masks, stored_tensor
+from relief.pruners import Pruner
+from relief.train import TrainConfig, evaluate, train
+
+REWINDS = ("none", "init", "epoch")
+_EXAMPLE_IMAGES = 256  # pruning-set images used to trace the model and fold constants when counting
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """``rewind``: "none" (fine-tune the pruned weights), "init" (back to the initial weights, as the authors do
+    for LeNets) or "epoch" (back to the weights after ``rewind_epoch`` epochs of dense training)."""
+
+    num_iters: int
+    rewind: str = "none"
+    rewind_epoch: int = 0
+    prune_set_size: int = 1000
+
+    def __post_init__(self):
+        if self.rewind not in REWINDS:
+            raise ValueError(f"rewind must be one of {REWINDS}, got {self.rewind!r}")
+        if self.num_iters < 0 or self.rewind_epoch < 0 or self.prune_set_size < 1:
+            raise ValueError(f"num_iters >= 0, rewind_epoch >= 0 and prune_set_size >= 1 are required, got {self}")
+
+
+def run_loop(
+    build_model: Callable[[], nn.Module],
+    data: Dataset,
+    pruner: Pruner,
+    pretrain: TrainConfig,
+    retrain: TrainConfig,
+    loop: LoopConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) the loop and return its metrics, also written to ``out_dir/metrics.json``.
+
+    ``seed`` fixes the initial weights, the data order and augmentation, and the pruning set.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if loop.rewind == "epoch" and loop.rewind_epoch > pretrain.epochs:
+        raise ValueError(f"rewind_epoch {loop.rewind_epoch} is past the {pretrain.epochs} dense training epochs")
+    device = data.train.images.device
+    torch.manual_seed(seed)
+    model = build_model().to(device)
+    init = _load_or_save(out_dir / "init.pt", model)
+    model.load_state_dict(init)
+    dense = _dense(model, data, pretrain, loop, out_dir, seed, progress)
+    rewind_state = None if loop.rewind == "none" else _rewind_state(loop, out_dir, init)
+    images, labels = data.pruning_set(loop.prune_set_size, seed)
+    example = images[:_EXAMPLE_IMAGES]
+
+    done = sorted(out_dir.glob("iter_*.pt"))
+    masks: Masks = {}
+    iterations: list[dict] = []
+    if done:
+        state = checkpoints.load(done[-1], map_location=device)
+        masks, iterations = state["masks"], state["metrics"]
+        apply_masks(model, masks)
+        model.load_state_dict(state["model"])
+    for iteration in range(len(iterations) + 1, loop.num_iters + 1):
+        masks = pruner(model, images, labels, masks, iteration)
+        apply_masks(model, masks)
+        record = {
+            "iteration": iteration,
+            "test_accuracy_before_retrain_pct": evaluate(model, data, data.test),
+            "val_accuracy_before_retrain_pct": evaluate(model, data, data.val),
+            **metrics.summarise(model, masks, example),
+        }
+        if rewind_state is not None:
+            _rewind(model, rewind_state, masks)
+        stage = out_dir / f"iter_{iteration:02d}"
+        result = train(
+            model, data, retrain, seed=seed * 1000 + iteration, checkpoint=stage / "epoch.pt", progress=progress,
+            description=f"{pruner.name} iteration {iteration}/{loop.num_iters}",
+        )
+        record.update(test_accuracy_pct=result.test_accuracy_pct, val_accuracy_pct=result.val_accuracy_pct,
+                      retrain_history=result.history)
+        iterations.append(record)
+        checkpoints.save(
+            {"model": model.state_dict(), "masks": masks, "optimizer": result.optimizer_state, "metrics": iterations},
+            out_dir / f"iter_{iteration:02d}.pt",
+        )
+        shutil.rmtree(stage, ignore_errors=True)
+        summary = _summary(seed, pruner, dense, iterations)
+        checkpoints.write_json(summary, out_dir / "metrics.json")
+        if progress:
+            remaining = record["parameters"]["remaining_pct_of_prunable"]
+            tqdm.write(
+                f"{pruner.name} iteration {iteration}: {remaining:.2f}% of prunable weights+biases remain; test "
+                f"accuracy {record['test_accuracy_before_retrain_pct']:.2f}% before, {result.test_accuracy_pct:.2f}% "
+                "after retraining"
+            )
+    summary = _summary(seed, pruner, dense, iterations)
+    checkpoints.write_json(summary, out_dir / "metrics.json")
+    return summary
+
+
+def _dense(model, data, pretrain, loop, out_dir, seed, progress) -> dict:
+    path = out_dir / "dense.pt"
+    if path.exists():
+        state = checkpoints.load(path, map_location=data.train.images.device)
+        model.load_state_dict(state["model"])
+        return state["metrics"]
+
+    def keep_rewind_weights(epoch, trained):
+        if loop.rewind == "epoch" and epoch == loop.rewind_epoch:
+            checkpoints.save({"model": trained.state_dict()}, out_dir / "rewind.pt")
+
+    result = train(model, data, pretrain, seed=seed, checkpoint=out_dir / "dense" / "epoch.pt", progress=progress,
+                   description="dense", on_epoch_end=keep_rewind_weights)
+    images, _ = data.pruning_set(min(_EXAMPLE_IMAGES, len(data.train.labels)), seed)
+    dense = {
+        "test_accuracy_pct": result.test_accuracy_pct,
+        "val_accuracy_pct": result.val_accuracy_pct,
+        "train_history": result.history,
+        **metrics.summarise(model, {}, images),
+    }
+    checkpoints.save({"model": model.state_dict(), "metrics": dense}, path)
+    shutil.rmtree(out_dir / "dense", ignore_errors=True)
+    return dense
+
+
+def _load_or_save(path: Path, model: nn.Module) -> dict:
+    if path.exists():
+        return checkpoints.load(path, map_location=next(model.parameters()).device)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    checkpoints.save(state, path)
+    return state
+
+
+def _rewind_state(loop: LoopConfig, out_dir: Path, init: dict) -> dict:
+    if loop.rewind == "init" or loop.rewind_epoch == 0:
+        return init
+    return checkpoints.load(out_dir / "rewind.pt", map_location=next(iter(init.values())).device)["model"]
+
+
+@torch.no_grad()
+def _rewind(model: nn.Module, state: dict, masks: Masks) -> None:
+    """Set the weights and buffers back to ``state`` (unmasked names), keeping the masks."""
+    buffers = dict(model.named_buffers())
+    for name, value in state.items():
+        (buffers[name] if name in buffers else stored_tensor(model, name)).copy_(value)
+    apply_masks(model, masks)
+
+
+def _summary(seed: int, pruner: Pruner, dense: dict, iterations: list[dict]) -> dict:
+    return {"seed": seed, "pruner": pruner.name, "dense": dense, "iterations": iterations}

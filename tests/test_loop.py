@@ -1,0 +1,93 @@
+"""The prune-retrain loop: metrics per iteration, rewinding, and resuming after a real kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from synthetic import synthetic_dataset
+
+from relief import checkpoints, models
+from relief.loop import LoopConfig, run_loop
+from relief.pruners import NNrelief
+from relief.train import TrainConfig
+
+SHAPE = (1, 8, 8)
+JOB = Path(__file__).parent / "loop_job.py"
+
+
+def _run(out_dir, rewind="none", num_iters=2):
+    return run_loop(
+        lambda: models.build("lenet300-100", 4, SHAPE), synthetic_dataset(shape=SHAPE), NNrelief(alpha_fc=0.9),
+        TrainConfig(epochs=2, lr=1e-3), TrainConfig(epochs=1, lr=1e-3), LoopConfig(num_iters, rewind, 0, 100),
+        out_dir, seed=1, progress=False,
+    )
+
+
+def test_each_iteration_prunes_more_and_records_its_metrics(tmp_path):
+    result = _run(tmp_path)
+    assert [i["iteration"] for i in result["iterations"]] == [1, 2]
+    remaining = [r["parameters"]["remaining_pct_of_prunable"] for r in [result["dense"], *result["iterations"]]]
+    assert remaining[0] == 100 and remaining[0] > remaining[1] > remaining[2]
+    for record in result["iterations"]:
+        assert {"test_accuracy_before_retrain_pct", "test_accuracy_pct", "val_accuracy_pct"} <= set(record)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    state = checkpoints.load(tmp_path / "iter_02.pt")
+    assert {"model", "masks", "optimizer", "metrics"} <= set(state)
+    assert not (tmp_path / "iter_02").exists(), "the mid-training checkpoint is removed once the iteration is saved"
+
+
+def test_rewinding_to_init_restarts_from_the_initial_weights_with_the_masks(tmp_path, monkeypatch):
+    import relief.loop as loop_module
+
+    seen = []
+    real_train = loop_module.train
+
+    def spy(model, *args, **kwargs):
+        if kwargs.get("description", "").startswith("nnrelief"):
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "train", spy)
+    _run(tmp_path, rewind="init", num_iters=1)
+    init = checkpoints.load(tmp_path / "init.pt")
+    masks = checkpoints.load(tmp_path / "iter_01.pt")["masks"]
+    weight = seen[0]["classifier.0.parametrizations.weight.original"]
+    mask = masks["classifier.0.weight"]
+    assert torch.equal(weight, init["classifier.0.weight"] * mask)
+
+
+def test_a_second_call_resumes_and_does_nothing_more(tmp_path):
+    first = _run(tmp_path)
+    stamp = (tmp_path / "iter_02.pt").stat().st_mtime_ns
+    assert _run(tmp_path) == first
+    assert (tmp_path / "iter_02.pt").stat().st_mtime_ns == stamp
+
+
+def test_kill_9_mid_iteration_then_resume_equals_an_uninterrupted_run(tmp_path):
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, str(JOB), str(straight)], check=True, env=environment, timeout=300)
+
+    killed = tmp_path / "killed"
+    job = subprocess.Popen([sys.executable, str(JOB), str(killed)], env=environment)
+    deadline = time.monotonic() + 240
+    while not (killed / "iter_02" / "epoch.pt").exists():  # iteration 2 is retraining: kill it mid-way
+        assert job.poll() is None, "the job ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert (killed / "iter_01.pt").exists() and not (killed / "iter_02.pt").exists()
+    resumed_from = checkpoints.load(killed / "iter_02" / "epoch.pt")["history"]
+    assert 1 <= len(resumed_from) < 4
+
+    subprocess.run([sys.executable, str(JOB), str(killed)], check=True, env=environment, timeout=300)
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+    final, expected = checkpoints.load(killed / "iter_03.pt"), checkpoints.load(straight / "iter_03.pt")
+    assert all(torch.equal(final["masks"][name], expected["masks"][name]) for name in expected["masks"])
+    assert all(torch.equal(final["model"][name], expected["model"][name]) for name in expected["model"])

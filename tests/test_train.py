@@ -1,0 +1,81 @@
+"""Training: reproducible, resumable by epoch, honest about accuracy, loud about divergence."""
+
+import pytest
+import torch
+from synthetic import synthetic_dataset
+
+from relief import models
+from relief.train import Divergence, TrainConfig, evaluate, make_optimizer, train
+
+SHAPE = (1, 8, 8)
+
+
+def _fit(seed, config, data, **kwargs):
+    torch.manual_seed(seed)
+    model = models.build("lenet300-100", data.num_classes, SHAPE)
+    return model, train(model, data, config, seed=seed, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_seed_makes_training_bit_reproducible(optimizer):
+    data = synthetic_dataset(shape=SHAPE)
+    config = TrainConfig(epochs=2, lr=1e-3 if optimizer == "adam" else 0.05, optimizer=optimizer, milestones=(1,))
+    first, result = _fit(3, config, data)
+    second, again = _fit(3, config, data)
+    other, _ = _fit(4, config, data)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert result.history == again.history
+    assert not torch.equal(first.state_dict()["classifier.0.weight"], other.state_dict()["classifier.0.weight"])
+
+
+def test_it_learns_and_reports_the_final_epoch():
+    data = synthetic_dataset(shape=SHAPE)
+    model, result = _fit(0, TrainConfig(epochs=3, lr=1e-3), data)
+    assert result.test_accuracy_pct > 90  # 4 classes: chance is 25 %
+    assert result.test_accuracy_pct == evaluate(model, data, data.test)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.val_accuracy_pct == result.history[-1]["val_accuracy_pct"]
+
+
+def test_multistep_schedule_and_weight_decay_are_applied():
+    data = synthetic_dataset(shape=SHAPE)
+    config = TrainConfig(epochs=3, lr=0.1, optimizer="sgd", milestones=(1, 2), gamma=0.1, weight_decay=1e-3)
+    _, result = _fit(0, config, data)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.01, 0.001])  # the rate each epoch used
+    optimizer, _ = make_optimizer(models.build("lenet300-100", 4, SHAPE), config)
+    assert optimizer.param_groups[0]["weight_decay"] == 1e-3 and optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_resuming_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    data = synthetic_dataset(shape=SHAPE)
+    config = TrainConfig(epochs=3, lr=1e-3, milestones=(2,))
+    straight, expected = _fit(5, config, data)
+
+    def stop_after_two(epoch, model):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(5, config, data, checkpoint=tmp_path / "epoch.pt", on_epoch_end=stop_after_two)
+    resumed, result = _fit(5, config, data, checkpoint=tmp_path / "epoch.pt")
+    assert result.history == expected.history
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_a_checkpoint_from_another_config_is_refused(tmp_path):
+    data = synthetic_dataset(shape=SHAPE)
+    _fit(0, TrainConfig(epochs=1, lr=1e-3), data, checkpoint=tmp_path / "epoch.pt")
+    with pytest.raises(ValueError, match="different|not"):
+        _fit(0, TrainConfig(epochs=2, lr=1e-2), data, checkpoint=tmp_path / "epoch.pt")
+
+
+def test_a_diverging_loss_stops_with_epoch_and_step():
+    data = synthetic_dataset(shape=SHAPE)
+    with pytest.raises(Divergence, match=r"epoch 1, step \d+ of 5"):
+        _fit(0, TrainConfig(epochs=2, lr=1e30, optimizer="sgd"), data)
+
+
+@pytest.mark.parametrize("bad", [{"optimizer": "rmsprop"}, {"lr": 0.0}, {"batch_size": 0}])
+def test_bad_configs_are_refused(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**{"epochs": 1, "lr": 1e-3, **bad})
