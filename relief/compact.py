@@ -30,8 +30,8 @@ def compact(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> nn.M
     given = masks
     masks = {}  # a mask for every parameter: the given one, or all kept
     for name, tensor in net.named_parameters():
-        mask = given.get(name)
-        masks[name] = torch.ones_like(tensor, dtype=torch.bool) if mask is None else mask.to(tensor.device, torch.bool)
+        mask = given.get(name, torch.ones_like(tensor, dtype=torch.bool))
+        masks[name] = mask.to(tensor.device, torch.bool).clone()
         tensor.mul_(masks[name])
     graph = trace(net, example_input[:1])
     _fold_constants(net, graph, masks, example_input)

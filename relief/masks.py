@@ -22,7 +22,7 @@ class Mask(nn.Module):
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("mask", mask.to(torch.bool).clone())
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor * self.mask
