@@ -24,10 +24,12 @@ from relief import checkpoints, metrics
 from relief.data import Dataset
 from relief.masks import Masks, apply_masks, stored_tensor
 from relief.pruners import Pruner
+from relief.pruners.selection import collapsed_layers
 from relief.train import TrainConfig, evaluate, train
 
 REWINDS = ("none", "init", "epoch")
 _EXAMPLE_IMAGES = 256  # pruning-set images used to trace the model and fold constants when counting
+_CHANCE_MARGIN = 1.1  # test accuracy within 10 % (relative) of chance, 100 / classes %, counts as collapsed
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,14 @@ def run_loop(
             model, data, retrain, seed=seed * 1000 + iteration, checkpoint=stage / "epoch.pt", progress=progress,
             description=f"{pruner.name} iteration {iteration}/{loop.num_iters}",
         )
-        record.update(test_accuracy_pct=result.test_accuracy_pct, val_accuracy_pct=result.val_accuracy_pct,
-                      retrain_history=result.history)
+        record.update(
+            test_accuracy_pct=result.test_accuracy_pct,
+            val_accuracy_pct=result.val_accuracy_pct,
+            retrain_history=result.history,
+            collapsed_layers=collapsed_layers(masks),
+            at_chance=result.test_accuracy_pct <= _CHANCE_MARGIN * 100 / data.num_classes,
+        )
+        record["collapsed"] = bool(record["collapsed_layers"]) or record["at_chance"]
         iterations.append(record)
         checkpoints.save(
             {"model": model.state_dict(), "masks": masks, "optimizer": result.optimizer_state, "metrics": iterations},

@@ -35,6 +35,7 @@ def test_each_iteration_prunes_more_and_records_its_metrics(tmp_path):
     assert remaining[0] == 100 and remaining[0] > remaining[1] > remaining[2]
     for record in result["iterations"]:
         assert {"test_accuracy_before_retrain_pct", "test_accuracy_pct", "val_accuracy_pct"} <= set(record)
+        assert record["collapsed"] is False and record["collapsed_layers"] == []
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
     state = checkpoints.load(tmp_path / "iter_02.pt")
     assert {"model", "masks", "optimizer", "metrics"} <= set(state)
@@ -91,3 +92,16 @@ def test_kill_9_mid_iteration_then_resume_equals_an_uninterrupted_run(tmp_path):
     final, expected = checkpoints.load(killed / "iter_03.pt"), checkpoints.load(straight / "iter_03.pt")
     assert all(torch.equal(final["masks"][name], expected["masks"][name]) for name in expected["masks"])
     assert all(torch.equal(final["model"][name], expected["model"][name]) for name in expected["model"])
+
+
+def test_a_collapsed_run_is_recorded_not_crashed(tmp_path):
+    from relief.pruners import Magnitude
+
+    result = run_loop(
+        lambda: models.build("lenet300-100", 4, SHAPE), synthetic_dataset(shape=SHAPE), Magnitude(targets=(3,)),
+        TrainConfig(epochs=1, lr=1e-3), TrainConfig(epochs=1, lr=1e-3), LoopConfig(1, "none", 0, 100),
+        tmp_path, seed=1, progress=False,
+    )
+    record = result["iterations"][0]
+    assert record["parameters"]["prunable_remaining"] == 3
+    assert record["collapsed"] and record["collapsed_layers"]
