@@ -92,6 +92,7 @@ def run_loop(
         apply_masks(model, masks)
         record = {
             "iteration": iteration,
+            "target_prunable_remaining": _target(pruner, iteration),
             "test_accuracy_before_retrain_pct": evaluate(model, data, data.test),
             "val_accuracy_before_retrain_pct": evaluate(model, data, data.val),
             **metrics.summarise(model, masks, example),
@@ -177,6 +178,12 @@ def _rewind(model: nn.Module, state: dict, masks: Masks) -> None:
     for name, value in state.items():
         (buffers[name] if name in buffers else stored_tensor(model, name)).copy_(value)
     apply_masks(model, masks)
+
+
+def _target(pruner: Pruner, iteration: int) -> int | None:
+    """The count of prunable weights+biases a baseline was asked to keep (None for NNrelief, which has no target)."""
+    targets = getattr(pruner, "targets", None)
+    return targets[iteration - 1] if targets and iteration <= len(targets) else None
 
 
 def _summary(seed: int, pruner: Pruner, dense: dict, iterations: list[dict]) -> dict:

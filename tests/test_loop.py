@@ -103,5 +103,5 @@ def test_a_collapsed_run_is_recorded_not_crashed(tmp_path):
         tmp_path, seed=1, progress=False,
     )
     record = result["iterations"][0]
-    assert record["parameters"]["prunable_remaining"] == 3
+    assert record["parameters"]["prunable_remaining"] == record["target_prunable_remaining"] == 3
     assert record["collapsed"] and record["collapsed_layers"]
