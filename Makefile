@@ -1,8 +1,9 @@
-# `make test` sets up a fresh virtual environment in .venv and runs the test suite.
+# `make study` sets up a virtual environment in .venv and runs the default study (params.yaml);
+# `make test` sets up the same environment and runs the test suite.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: setup offline-data test bench
+.PHONY: setup offline-data study test bench
 
 setup: $(VENV)/.installed
 
@@ -15,8 +16,11 @@ offline-data:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	$(PYTHON) -m pip install --quiet -e ".[pipeline,slurm,test]"
 	touch $@
+
+study: setup offline-data
+	$(VENV)/bin/snakemake --cores all
 
 test: setup offline-data
 	$(PYTHON) -m pytest

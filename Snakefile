@@ -1,0 +1,91 @@
+# The benchmark workflow: fetch data -> train dense models -> prune (NNrelief, then the baselines at its counts)
+# -> ingest every run into MLflow -> report. Science lives in relief/, stages in pipeline/; this file only wires.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ConfigError, load_study
+from pipeline.jobs import RUNTIME_VARIABLE
+from pipeline.plan import plan
+
+if not config:  # a --configfile replaces params.yaml whole (Snakemake would merge the two key by key)
+    config.update(yaml.safe_load(Path("params.yaml").read_text()))
+
+try:
+    STUDY = load_study(config)
+except ConfigError as error:
+    sys.exit(str(error))
+PLAN = plan(STUDY)
+RUNS, RESULTS = STUDY.runs_dir, STUDY.results_dir
+PYTHON = sys.executable
+os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
+    "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
+    "mlflow": STUDY.mlflow.model_dump(), "progress": False,
+})
+
+wildcard_constraints:
+    hash="[0-9a-f]{16}",
+
+
+def job_arguments(job):
+    return f"--slice {shlex.quote(json.dumps(job.slice))} --labels {shlex.quote(json.dumps(job.labels))}"
+
+
+rule all:
+    input: f"{RESULTS}/summary.md", f"{RUNS}/mlflow.json"
+
+
+rule data:
+    input: expand(f"{RUNS}/data/{{dataset}}.json", dataset=PLAN.datasets)
+
+
+rule fetch:
+    output: f"{RUNS}/data/{{dataset}}.json"
+    shell: "{PYTHON} -m pipeline.fetch --dataset {wildcards.dataset} --out {output}"
+
+
+rule dense:
+    input: lambda w: f"{RUNS}/data/{PLAN.dense[w.hash].labels['dataset']}.json"
+    output: f"{RUNS}/dense/{{hash}}/metrics.json", f"{RUNS}/dense/{{hash}}/dense.pt"
+    params: job=lambda w: job_arguments(PLAN.dense[w.hash])
+    threads: STUDY.threads
+    resources: gpu=lambda w: PLAN.dense[w.hash].gpus
+    shell: "{PYTHON} -m pipeline.dense {params.job} --out {RUNS}/dense/{wildcards.hash} --threads {threads}"
+
+
+def prune_inputs(w):
+    job = PLAN.prune[w.hash]
+    reference = PLAN.reference(job)
+    return [f"{RUNS}/dense/{job.slice['dense']}/dense.pt"] + ([f"{RUNS}/{reference.folder}/compact.pt"] if reference else [])
+
+
+rule prune:
+    input: prune_inputs
+    output: f"{RUNS}/prune/{{hash}}/metrics.json", f"{RUNS}/prune/{{hash}}/compact.pt"
+    params:
+        job=lambda w: job_arguments(PLAN.prune[w.hash]),
+        reference=lambda w: f"--reference {RUNS}/{PLAN.reference(PLAN.prune[w.hash]).folder}" if PLAN.reference(PLAN.prune[w.hash]) else "",
+        dense=lambda w: f"{RUNS}/dense/{PLAN.prune[w.hash].slice['dense']}",
+    threads: STUDY.threads
+    resources: gpu=lambda w: PLAN.prune[w.hash].gpus
+    shell: "{PYTHON} -m pipeline.prune {params.job} --dense {params.dense} {params.reference} --out {RUNS}/prune/{wildcards.hash} --threads {threads}"
+
+
+rule ingest:
+    input: [f"{RUNS}/{job.folder}/metrics.json" for job in [*PLAN.dense.values(), *PLAN.prune.values()]]
+    output: f"{RUNS}/mlflow.json"
+    params: runs=" ".join(f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.prune.values()])
+    shell: "{PYTHON} -m pipeline.ingest --runs {params.runs} --out {output}"
+
+
+rule report:
+    input: expand(f"{RUNS}/prune/{{hash}}/metrics.json", hash=PLAN.prune)
+    output: f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/metrics.json"
+    params:
+        tolerance=STUDY.report.accuracy_tolerance_pct,
+        runs=" ".join(f"{RUNS}/prune/{h}" for h in sorted(PLAN.prune)),
+    shell: "{PYTHON} -m pipeline.report --runs {params.runs} --tolerance {params.tolerance} --out {RESULTS}"

@@ -1,0 +1,62 @@
+"""Stage: one pruner's prune-retrain loop from a trained dense model; baselines prune to NNrelief's counts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+
+from pipeline import jobs
+from pipeline.dense import model_builder, train_config
+from relief import checkpoints
+from relief.compact import compact
+from relief.loop import LoopConfig, run_loop
+from relief.masks import apply_masks
+from relief.pruners import build_pruner
+
+DENSE_FILES = ("init.pt", "dense.pt", "rewind.pt")
+
+
+def pruner_for(piece: dict, seed: int, reference):
+    """NNrelief with its settings, or a baseline with NNrelief's per-iteration counts (``reference``: its folder)."""
+    name = piece["pruner"]
+    if name == "nnrelief":
+        return build_pruner(name, **piece["nnrelief"])
+    iterations = json.loads((reference / "metrics.json").read_text())["iterations"]
+    if name == "layerwise-shuffle":
+        masks = tuple(checkpoints.load(reference / f"iter_{i['iteration']:02d}.pt")["masks"] for i in iterations)
+        return build_pruner(name, reference=masks, seed=seed)
+    options = {"targets": tuple(i["parameters"]["prunable_remaining"] for i in iterations)}
+    return build_pruner(name, **options, **({"seed": seed} if name == "random" else {}))
+
+
+def main() -> None:
+    args = jobs.arguments(__doc__, "dense", "reference")
+    torch.set_num_threads(args.threads)
+    settings = jobs.runtime()
+    on = jobs.device(settings)
+    piece = args.slice
+    jobs.record(args.out, piece, args.labels, on)
+    dense = json.loads((args.dense / "config.json").read_text())["slice"]
+    for name in DENSE_FILES:  # every pruner starts from the same trained model
+        if (args.dense / name).exists() and not (args.out / name).exists():
+            shutil.copy(args.dense / name, args.out / name)
+    data = jobs.dataset(dense["dataset"], dense, settings, on)
+    loop = LoopConfig(**piece["loop"])
+    result = run_loop(
+        model_builder(dense, data), data, pruner_for(piece, dense["seed"], args.reference),
+        train_config(dense["optimizer"], dense["pretrain"]), train_config(dense["optimizer"], piece["retrain"]),
+        loop, args.out, seed=dense["seed"], progress=settings.get("progress", True),
+    )
+    final = checkpoints.load(args.out / f"iter_{loop.num_iters:02d}.pt", map_location=on)
+    model = model_builder(dense, data)().to(on)
+    apply_masks(model, final["masks"])
+    model.load_state_dict(final["model"])
+    images, _ = data.pruning_set(min(256, len(data.train.labels)), dense["seed"])
+    torch.save(compact(model, final["masks"], images), args.out / "compact.pt")
+    checkpoints.write_json(result["iterations"][-1]["layers"], args.out / "layers.json")
+
+
+if __name__ == "__main__":
+    main()

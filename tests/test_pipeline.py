@@ -1,0 +1,209 @@
+"""The pipeline with the real Snakemake, MLflow and DVC, on a tiny study of real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "tests" / "studies" / "tiny.yaml"
+BIN = Path(sys.executable).parent
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+pytestmark = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"),
+    reason=f"{DEBIAN_FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist",
+)
+
+
+def snakemake(folder: Path, *extra: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
+    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
+               "--configfile", str(config), "--cores", "2", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def mlflow_runs(folder: Path) -> list:
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    return client, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    snakemake(folder)
+    return folder
+
+
+def test_every_output_and_mlflow_run_exists(tiny_study):
+    results = tiny_study / "results"
+    for name in ("summary.md", "summary.csv", "metrics.json"):
+        assert (results / name).stat().st_size > 0
+    dense = list((tiny_study / "runs" / "dense").iterdir())
+    prune = list((tiny_study / "runs" / "prune").iterdir())
+    assert len(dense) == 1 and len(prune) == 2  # lenet300-100 x adam x seed 0; nnrelief and magnitude
+    for run in prune:
+        for name in ("config.json", "metrics.json", "compact.pt", "layers.json", "iter_02.pt"):
+            assert (run / name).exists(), f"{run.name}/{name}"
+        config = json.loads((run / "config.json").read_text())
+        assert config["git_commit"] and config["packages"]["torch"]
+    client, runs = mlflow_runs(tiny_study)
+    assert sorted(r.data.tags["pruner"] for r in runs) == ["magnitude", "nnrelief", "none"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"architecture", "dataset", "optimizer", "seed", "config_hash", "git_commit"} <= set(run.data.tags)
+        assert run.info.run_name.startswith("lenet300-100 / fashion-mnist / adam / ")
+    pruned = next(r for r in runs if r.data.tags["pruner"] == "nnrelief")
+    history = client.get_metric_history(pruned.info.run_id, "remaining_pct_of_prunable")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(pruned.info.run_id)}
+    assert {"metrics.json", "layers.json", "compact.pt"} <= artifacts
+
+
+def test_a_second_run_has_nothing_to_do_and_duplicates_nothing(tiny_study):
+    result = snakemake(tiny_study)
+    assert "Nothing to be done" in result.stdout + result.stderr
+    _, runs = mlflow_runs(tiny_study)
+    assert len(runs) == 3
+
+
+def test_editing_alpha_fc_reruns_only_the_pruning_jobs(tiny_study, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["experiments"]["lenet"]["nnrelief"] = {"alpha_fc": 0.8}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    plan = snakemake(tiny_study, "-n", config=edited).stdout
+    assert "rule prune" in plan and "rule dense" not in plan and "rule fetch" not in plan
+
+
+def test_editing_a_report_setting_reruns_only_the_report(tiny_study, tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["report"] = {"accuracy_tolerance_pct": 5.0}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    plan = snakemake(tiny_study, "-n", config=edited).stdout
+    assert "rule report" in plan
+    assert not any(f"rule {r}" in plan for r in ("prune", "dense", "fetch"))
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c.update(colour="red"), ["colour", "unknown key", "seeds"]),
+        (lambda c: c["experiments"]["lenet"].update(nnrelief={"alpha_fc": 1.5}),
+         ["experiments.lenet.nnrelief.alpha_fc", "less than or equal to 1"]),
+        (lambda c: c["experiments"]["lenet"].update(architectures=["lenet7"]),
+         ["experiments.lenet.architectures.0", "lenet300-100", "resnet20"]),
+        (lambda c: c.update(seeds="zero"), ["seeds", "valid list"]),
+    ],
+    ids=["unknown-key", "alpha-out-of-range", "unknown-architecture", "wrong-type"],
+)
+def test_bad_params_stop_snakemake_before_any_job(tmp_path, change, expected):
+    config = yaml.safe_load(TINY.read_text())
+    change(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, config=bad, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output[-2000:]}"
+    assert not (tmp_path / "runs").exists(), "no job may start"
+
+
+def _processes_running(text: str, folder: Path) -> list[int]:
+    """The ids of processes working in ``folder`` whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            here = (entry / "cwd").resolve()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and text in command and here == folder.resolve():
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("victim", ["job", "snakemake"])
+def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, victim):
+    config = yaml.safe_load(TINY.read_text())
+    config["pruners"] = ["nnrelief"]
+    config["experiments"]["lenet"]["retrain"] = {"epochs": 4}
+    config["experiments"]["lenet"]["loop"]["num_iters"] = 3
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(config))
+    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(study), "--cores", "2"]
+    workflow = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    first = None
+    while first is None:
+        assert workflow.poll() is None and time.monotonic() < deadline, "the study ended before it could be killed"
+        first = next(iter(tmp_path.glob("runs/prune/*/iter_01.pt")), None)
+        time.sleep(0.05)
+    if victim == "job":  # the pruning job dies; Snakemake sees it fail and stops
+        victims = _processes_running("pipeline.prune", tmp_path)
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        assert workflow.wait(timeout=120) != 0
+    else:  # Snakemake and its job die at once, as in a power cut: its lock stays behind
+        os.killpg(workflow.pid, signal.SIGKILL)
+        workflow.wait()
+        assert "--unlock" in snakemake(tmp_path, config=study, check=False).stderr
+        snakemake(tmp_path, "--unlock", config=study)
+    stamp = first.stat().st_mtime_ns
+    assert not (first.parent / "iter_03.pt").exists()
+    snakemake(tmp_path, config=study)
+    assert first.stat().st_mtime_ns == stamp, "iteration 1 was resumed, not recomputed"
+    assert len(json.loads((first.parent / "metrics.json").read_text())["iterations"]) == 3
+
+
+def test_dvc_repro_status_metrics_plots_and_an_experiment(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("Snakefile", "dvc.yaml", "relief", "pipeline", "profiles"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
+    shutil.copy(TINY, project / "params.yaml")
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+    def run(*command):
+        result = subprocess.run(command, cwd=project, capture_output=True, text=True, env=environment, timeout=600)
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        return result.stdout
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "ci@example.org")
+    run("git", "config", "user.name", "ci")
+    run("dvc", "init", "-q")
+    (project / ".gitignore").write_text("__pycache__/\n/runs/\n/mlflow.db\n/mlartifacts/\n/.snakemake/\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "tiny study")
+    run("dvc", "repro")
+    assert "up to date" in run("dvc", "status").lower()
+    assert "nnrelief_accuracy_pct" in run("dvc", "metrics", "show", "--json")
+    run("dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists()
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "results")
+    dense_before = sorted(p.name for p in (project / "runs" / "dense").iterdir())
+    run("dvc", "exp", "run", "-S", "experiments.lenet.loop.num_iters=1")
+    assert sorted(p.name for p in (project / "runs" / "dense").iterdir()) == dense_before
+    shown = json.dumps(json.loads(run("dvc", "exp", "show", "--json")))
+    assert '"num_iters": 1' in shown and '"num_iters": 2' in shown  # the variant beside the baseline workspace

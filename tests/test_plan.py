@@ -1,0 +1,143 @@
+"""Study validation and the job grid: hashes pinned, slices isolated."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_study
+from pipeline.plan import config_hash, plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _default():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_the_default_study_hashes_are_pinned():
+    # A change here means every finished run of the default study would be recomputed: make it on purpose only.
+    grid = plan(load_study(_default()))
+    assert sorted(grid.dense) == PINNED_DENSE
+    assert len(grid.prune) == 4 * 6
+    assert config_hash({"prune": sorted(grid.prune)}) == "b1608ad460b7e653"  # all 24 pruning jobs' hashes at once
+    assert config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1}) == "94a786c3662bc7be"
+
+
+PINNED_DENSE = ["135367f08425d76e", "3ed5c30cd31d19a8", "48f06a79499d4384", "82ee7013b7775ed2"]
+
+
+def test_the_grid_covers_the_study():
+    grid = plan(load_study(_default()))
+    labels = [job.labels for job in grid.dense.values()]
+    assert {(l["architecture"], l["optimizer"]) for l in labels} == {
+        (a, o) for a in ("lenet300-100", "lenet5") for o in ("adam", "sgd")}
+    pruners = sorted({job.labels["pruner"] for job in grid.prune.values()})
+    assert pruners == ["grasp", "magnitude", "nnrelief", "random", "snip", "synflow"]
+    for job in grid.prune.values():
+        if job.labels["pruner"] != "nnrelief":
+            assert grid.reference(job).labels["pruner"] == "nnrelief"
+            assert grid.reference(job).slice["dense"] == job.slice["dense"]
+
+
+def test_alpha_fc_changes_only_the_pruning_hashes():
+    before = plan(load_study(_default()))
+    changed = _default()
+    changed["experiments"]["lenet-fashion-mnist"]["nnrelief"]["alpha_fc"] = 0.9
+    after = plan(load_study(changed))
+    assert sorted(after.dense) == sorted(before.dense)
+    assert not set(after.prune) & set(before.prune)
+
+
+def test_settings_that_do_not_change_results_change_no_hash():
+    before = plan(load_study(_default()))
+    changed = _default()
+    changed["data"]["mirrors"] = ["https://example.org/mirror/"]
+    changed["report"]["accuracy_tolerance_pct"] = 3.0
+    changed["threads"] = 4
+    changed["mlflow"]["tracking_uri"] = "http://localhost:5000"
+    after = plan(load_study(changed))
+    assert sorted(after.dense) == sorted(before.dense) and sorted(after.prune) == sorted(before.prune)
+
+
+def _set(config, path, value):
+    *parents, last = path
+    for key in parents:
+        config = config[key]
+    if value is _DELETE:
+        del config[last]
+    else:
+        config[last] = value
+
+
+_DELETE = object()
+EXPERIMENT = ("experiments", "lenet-fashion-mnist")
+CASES = [
+    # (path, value, text the message must contain)
+    (("seeds",), "0", "seeds"),
+    (("seeds",), [-1], "seeds.0"),
+    (("seeds",), [], "seeds"),
+    (("pruners",), ["nnrelief", "obd"], "pruners.1"),
+    (("pruners",), ["magnitude"], "nnrelief"),
+    (("device",), "tpu", "'auto', 'cpu' or 'cuda'"),
+    (("threads",), 0, "threads"),
+    (("study",), "my study!", "study"),
+    (("study",), _DELETE, "study"),
+    (("experiments",), _DELETE, "experiments"),
+    (("data", "val_size"), -1, "data.val_size"),
+    (("data", "mirror"), ["x"], "allowed keys here: download, mirrors, root, train_limit, val_size"),
+    (("mlflow", "uri"), "x", "mlflow.uri"),
+    (("report", "accuracy_tolerance_pct"), "high", "report.accuracy_tolerance_pct"),
+    ((*EXPERIMENT, "dataset"), "imagenet", "'cifar10', 'cifar100', 'fashion-mnist', 'mnist' or 'tiny-imagenet'"),
+    ((*EXPERIMENT, "architectures"), ["lenet300-100", "alexnet"], "architectures.1"),
+    ((*EXPERIMENT, "optimizers"), {"rmsprop": {"lr": 0.1}}, "'adam' or 'sgd'"),
+    ((*EXPERIMENT, "optimizers", "adam", "lr"), 0, "optimizers.adam.lr"),
+    ((*EXPERIMENT, "optimizers", "sgd", "momentum"), 1.0, "optimizers.sgd.momentum"),
+    ((*EXPERIMENT, "pretrain", "epochs"), -1, "pretrain.epochs"),
+    ((*EXPERIMENT, "pretrain", "milestones"), [0], "pretrain.milestones.0"),
+    ((*EXPERIMENT, "retrain", "batch_size"), 0, "retrain.batch_size"),
+    ((*EXPERIMENT, "retrain", "gamma"), 2.0, "retrain.gamma"),
+    ((*EXPERIMENT, "retrain", "lr"), 0.1, "allowed keys here: batch_size, epochs, gamma, milestones, weight_decay"),
+    ((*EXPERIMENT, "loop", "num_iters"), 0, "loop.num_iters"),
+    ((*EXPERIMENT, "loop", "rewind"), "best", "'none', 'init' or 'epoch'"),
+    ((*EXPERIMENT, "loop", "prune_set_size"), "all", "loop.prune_set_size"),
+    ((*EXPERIMENT, "nnrelief", "alpha_fc"), 0, "nnrelief.alpha_fc"),
+    ((*EXPERIMENT, "nnrelief", "alpha_conv"), 1.01, "nnrelief.alpha_conv"),
+    ((*EXPERIMENT, "nnrelief", "conv_norm"), "l2", "'fro', 'fro-mean' or 'l1'"),
+    ((*EXPERIMENT, "nnrelief", "rule"), "mine", "'paper' or 'official'"),
+    ((*EXPERIMENT, "gpus"), -1, "gpus"),
+]
+
+
+@pytest.mark.parametrize("path, value, text", CASES, ids=[".".join(c[0][-2:]) + f"={c[1]!r}" for c in CASES])
+def test_every_bad_value_names_its_key(path, value, text):
+    config = copy.deepcopy(_default())
+    _set(config, path, value)
+    with pytest.raises(ConfigError) as caught:
+        load_study(config)
+    message = str(caught.value)
+    assert text in message, message
+    assert str(path[-1]) in message
+
+
+def test_rewinding_past_pretraining_is_refused():
+    config = _default()
+    config["experiments"]["lenet-fashion-mnist"]["loop"].update(rewind="epoch", rewind_epoch=99)
+    with pytest.raises(ConfigError, match="rewind_epoch"):
+        load_study(config)
+
+
+def test_the_paper_study_is_the_whole_grid():
+    study = load_study(yaml.safe_load((REPO / "configs" / "paper.yaml").read_text()))
+    grid = plan(study)
+    combinations = {(j.labels["dataset"], j.labels["architecture"]) for j in grid.dense.values()}
+    assert ("mnist", "lenet5") in combinations and ("tiny-imagenet", "resnet18") in combinations
+    assert {a for d, a in combinations if d == "cifar100"} == {
+        "vgg-like", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}
+    assert len(grid.dense) == len(combinations) * 2 * 3  # x Adam, SGD x 3 seeds
+    assert len(grid.prune) == len(grid.dense) * 6
+    assert all(job.gpus == 1 for job in grid.prune.values())
+    resnet56 = next(j for j in grid.prune.values()
+                    if j.labels["architecture"] == "resnet56" and j.labels["dataset"] == "cifar100")
+    assert resnet56.slice["loop"]["prune_set_size"] == 2000 and resnet56.slice["retrain"]["epochs"] == 80
