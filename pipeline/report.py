@@ -91,7 +91,8 @@ def markdown(table: list[dict]) -> str:
         lines.append("| " + " | ".join([
             row["experiment"], row["architecture"], row["optimizer"], row["pruner"] + mark, str(row["iteration"]),
             f"{row['baseline_accuracy_pct']:.2f}", f"{row['accuracy_pct']:.2f} ± {row['accuracy_std_pct']:.2f}",
-            f"{row['delta_accuracy_pct']:+.2f}", f"{row['remaining_pct_of_all']:.2f}", f"{row['compression_ratio']:.2f}",
+            f"{row['delta_accuracy_pct']:+.2f}", f"{row['remaining_pct_of_all']:.2f}",
+            f"{row['compression_ratio']:.2f}",
             f"{row['dense_macs']:,} / {row['nonzero_macs']:,} / {row['structural_macs']:,}",
         ]) + " |")
     return "\n".join(lines) + "\n"

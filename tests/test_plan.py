@@ -31,7 +31,7 @@ PINNED_DENSE = ["135367f08425d76e", "3ed5c30cd31d19a8", "48f06a79499d4384", "82e
 def test_the_grid_covers_the_study():
     grid = plan(load_study(_default()))
     labels = [job.labels for job in grid.dense.values()]
-    assert {(l["architecture"], l["optimizer"]) for l in labels} == {
+    assert {(label["architecture"], label["optimizer"]) for label in labels} == {
         (a, o) for a in ("lenet300-100", "lenet5") for o in ("adam", "sgd")}
     pruners = sorted({job.labels["pruner"] for job in grid.prune.values()})
     assert pruners == ["grasp", "magnitude", "nnrelief", "random", "snip", "synflow"]
