@@ -84,7 +84,9 @@ rule ingest:
 
 rule report:
     input: expand(f"{RUNS}/prune/{{hash}}/metrics.json", hash=PLAN.prune)
-    output: f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/metrics.json"
+    output:
+        f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/summary.tex", f"{RESULTS}/metrics.json",
+        directory(f"{RESULTS}/tables"), directory(f"{RESULTS}/figures"),
     params:
         tolerance=STUDY.report.accuracy_tolerance_pct,
         runs=" ".join(f"{RUNS}/prune/{h}" for h in sorted(PLAN.prune)),

@@ -1,9 +1,15 @@
-"""Stage: the study's summary table, built only from the runs' own metrics files (no MLflow needed).
+"""Stage: the study's tables (and, through pipeline.figures, its figures), built only from the runs' own metrics files.
 
-For every experiment x architecture x optimizer, the comparison is made at one NNrelief iteration: the last whose
-test accuracy is within ``accuracy_tolerance_pct`` of the dense model's (else the first). Every baseline is read at
-the same iteration, where it has the same number of remaining prunable weights+biases. Values are mean and
-standard deviation over seeds. Rerunning on the same runs writes byte-identical files.
+For every experiment x dataset x architecture x optimizer, the comparison is made at one NNrelief iteration: the last
+whose mean test accuracy is within ``accuracy_tolerance_pct`` of the dense model's (else the first). Every baseline is
+read at the same iteration, where it has the same number of remaining prunable weights+biases. Values are mean and
+sample standard deviation over seeds. Rerunning on the same runs writes byte-identical files (no timestamps, sorted
+rows, fixed float formatting).
+
+Writes, under ``--out``:
+- ``summary.md``, ``summary.csv``, ``summary.tex``: one table across the study; ``metrics.json``: DVC's headline;
+- ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner;
+- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import argparse
 import csv
 import io
 import json
+import re
 import statistics
+import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from relief.checkpoints import write_json
@@ -21,6 +30,33 @@ from relief.checkpoints import write_json
 COLUMNS = ("experiment", "dataset", "architecture", "optimizer", "pruner", "seeds", "iteration",
            "baseline_accuracy_pct", "accuracy_pct", "accuracy_std_pct", "delta_accuracy_pct",
            "remaining_pct_of_all", "compression_ratio", "dense_macs", "nonzero_macs", "structural_macs", "collapsed")
+GROUP_KEYS = ("experiment", "dataset", "architecture", "optimizer")
+COLLAPSED = "†"  # a seed's network collapsed at the reported iteration
+MISSING = "—"  # no metrics for this pruner in this group
+NOTE_COLLAPSED = (f"{COLLAPSED} collapsed: in at least one seed a layer lost all its weights, or test accuracy fell to "
+                  "chance level, at the reported iteration.")
+NOTE_MISSING = f"{MISSING} missing: no finished run (no metrics.json) of this pruner in this group."
+NOTE_UNITS = ("Accuracy: test set, final epoch, in %; std: sample standard deviation over seeds, shown for 2 seeds or "
+              "more. Δ: accuracy minus the dense baseline's, in percentage points. Remaining: non-zero weights and "
+              "biases as % of all of the dense model's weights and biases (BatchNorm included); compression = all / "
+              "remaining. MACs: multiply-adds per image (fvcore, batch 1); dense = the unpruned shapes, non-zero = "
+              "only non-zero weights, structural = the physically compacted model.")
+
+
+@dataclass
+class Group:
+    """One experiment x dataset x architecture x optimizer: its runs by pruner and the NNrelief comparison iteration."""
+
+    key: tuple[str, str, str, str]
+    name: str  # file stem: dataset_architecture_optimizer (prefixed by the experiment when that alone is ambiguous)
+    by_pruner: dict[str, list[dict]]
+    pruners: list[str]  # every pruner of the study, NNrelief first: those absent here are missing rows
+    iteration: int
+    tolerance: float
+
+    @property
+    def title(self) -> str:
+        return " / ".join(self.key[1:])
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -40,21 +76,50 @@ def comparison_iteration(nnrelief_runs: list[dict], tolerance: float) -> int:
     return within[-1] if within else 1
 
 
-def rows(runs: list[dict], tolerance: float) -> list[dict]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def pruner_order(pruners) -> list[str]:
+    """NNrelief first, then the baselines by name."""
+    return [p for p in ("nnrelief",) if p in pruners] + sorted(p for p in set(pruners) if p != "nnrelief")
+
+
+def groups(runs: list[dict], tolerance: float) -> list[Group]:
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        labels = run["labels"]
-        groups[tuple(labels[k] for k in ("experiment", "dataset", "architecture", "optimizer"))].append(run)
-    table = []
-    for key in sorted(groups):
+        by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
+    study_pruners = pruner_order({run["labels"]["pruner"] for run in runs})
+    triples = [key[1:] for key in by_key]
+    result = []
+    for key in sorted(by_key):
         by_pruner: dict[str, list[dict]] = defaultdict(list)
-        for run in groups[key]:
+        for run in sorted(by_key[key], key=lambda r: r["labels"].get("seed", 0)):
             by_pruner[run["labels"]["pruner"]].append(run)
         if "nnrelief" not in by_pruner:
+            print(f"report: no NNrelief run for {' / '.join(key)}; its group has no comparison iteration and is "
+                  "left out of the tables and figures", file=sys.stderr)
             continue
-        iteration = comparison_iteration(by_pruner["nnrelief"], tolerance)
-        for pruner in ["nnrelief", *sorted(p for p in by_pruner if p != "nnrelief")]:
-            table.append(_row(key, pruner, by_pruner[pruner], iteration))
+        name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
+        result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
+                            iteration=comparison_iteration(by_pruner["nnrelief"], tolerance), tolerance=tolerance))
+    return result
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower())
+
+
+def rows(runs: list[dict], tolerance: float) -> list[dict]:
+    """The summary across the study: one row per group and pruner that has runs."""
+    return [row for group in groups(runs, tolerance) for row in group_rows(group) if not row["missing"]]
+
+
+def group_rows(group: Group) -> list[dict]:
+    """One row per pruner of the study, NNrelief first; a pruner without runs (or short of the iteration) is missing."""
+    table = []
+    for pruner in group.pruners:
+        runs = [r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= group.iteration]
+        if runs:
+            table.append({**_row(group.key, pruner, runs, group.iteration), "missing": False})
+        else:
+            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "missing": True})
     return table
 
 
@@ -64,7 +129,7 @@ def _row(key: tuple, pruner: str, runs: list[dict], iteration: int) -> dict:
     accuracy = [r["test_accuracy_pct"] for r in records]
     baseline = statistics.mean(d["test_accuracy_pct"] for d in dense)
     return {
-        **dict(zip(("experiment", "dataset", "architecture", "optimizer"), key)),
+        **dict(zip(GROUP_KEYS, key)),
         "pruner": pruner,
         "seeds": len(runs),
         "iteration": iteration,
@@ -81,29 +146,140 @@ def _row(key: tuple, pruner: str, runs: list[dict], iteration: int) -> dict:
     }
 
 
-def markdown(table: list[dict]) -> str:
-    header = ["experiment", "architecture", "optimizer", "pruner", "iteration", "baseline acc. (%)",
-              "acc. (%), mean ± std", "Δ acc. (points)", "remaining (% of all params)", "compression (×)",
-              "MACs dense / non-zero / structural"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table:
-        mark = " (collapsed)" if row["collapsed"] else ""
-        lines.append("| " + " | ".join([
-            row["experiment"], row["architecture"], row["optimizer"], row["pruner"] + mark, str(row["iteration"]),
-            f"{row['baseline_accuracy_pct']:.2f}", f"{row['accuracy_pct']:.2f} ± {row['accuracy_std_pct']:.2f}",
-            f"{row['delta_accuracy_pct']:+.2f}", f"{row['remaining_pct_of_all']:.2f}",
-            f"{row['compression_ratio']:.2f}",
-            f"{row['dense_macs']:,} / {row['nonzero_macs']:,} / {row['structural_macs']:,}",
-        ]) + " |")
+# ---- cells, shared by Markdown and LaTeX --------------------------------------------------------------------------
+
+def _cells(row: dict) -> dict[str, str]:
+    """Display strings for one row; a missing row has the missing marker in every value cell."""
+    if row["missing"]:
+        return {"pruner": row["pruner"], **{k: MISSING for k in (
+            "seeds", "iteration", "baseline", "accuracy", "delta", "remaining", "compression",
+            "dense_macs", "nonzero_macs", "structural_macs")}}
+    accuracy = f"{row['accuracy_pct']:.2f}"
+    if row["seeds"] > 1:
+        accuracy += f" ± {row['accuracy_std_pct']:.2f}"
+    return {
+        "pruner": row["pruner"] + (f" {COLLAPSED}" if row["collapsed"] else ""),
+        "seeds": str(row["seeds"]),
+        "iteration": str(row["iteration"]),
+        "baseline": f"{row['baseline_accuracy_pct']:.2f}",
+        "accuracy": accuracy,
+        "delta": f"{row['delta_accuracy_pct']:+.2f}",
+        "remaining": f"{row['remaining_pct_of_all']:.2f}",
+        "compression": f"{row['compression_ratio']:.2f}",
+        "dense_macs": f"{row['dense_macs']:,}",
+        "nonzero_macs": f"{row['nonzero_macs']:,}",
+        "structural_macs": f"{row['structural_macs']:,}",
+    }
+
+
+CELL_HEADERS = {  # cell key -> Markdown header; LaTeX has its own, below
+    "pruner": "pruner", "seeds": "seeds", "iteration": "iteration", "baseline": "baseline (dense) acc. (%)",
+    "accuracy": "acc. after pruning + retraining (%), mean ± std", "delta": "Δ acc. (points)",
+    "remaining": "remaining (% of all weights + biases)", "compression": "compression (×)",
+    "dense_macs": "MACs dense", "nonzero_macs": "MACs non-zero", "structural_macs": "MACs structural",
+}
+LATEX_HEADERS = {
+    "pruner": "Pruner", "seeds": "Seeds", "iteration": "Iter.", "baseline": "Dense acc.\\ (\\%)",
+    "accuracy": "Acc.\\ (\\%)", "delta": "$\\Delta$ acc.\\ (pts)", "remaining": "Remaining (\\% of all w+b)",
+    "compression": "Compr.\\ ($\\times$)", "dense_macs": "Dense", "nonzero_macs": "Non-zero",
+    "structural_macs": "Structural",
+}
+GROUP_CELLS = tuple(CELL_HEADERS)
+
+
+def _notes(table: list[dict]) -> list[str]:
+    notes = []
+    if any(r.get("collapsed") for r in table if not r["missing"]):
+        notes.append(NOTE_COLLAPSED)
+    if any(r["missing"] for r in table):
+        notes.append(NOTE_MISSING)
+    return notes + [NOTE_UNITS]
+
+
+def comparison_sentence(group: Group) -> str:
+    return (f"NNrelief comparison iteration: {group.iteration}, the last NNrelief iteration whose mean test accuracy "
+            f"is within {group.tolerance:.2f} points of the dense model's (else the first); every baseline is read at "
+            "the same iteration, where it keeps the same number of weights and biases.")
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 1 else "--:" for i in range(len(header))) + "|"]
+            + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def group_markdown(group: Group, table: list[dict]) -> str:
+    seeds = sorted({r["labels"].get("seed", 0) for runs in group.by_pruner.values() for r in runs})
+    lines = [f"## {group.title}", "",
+             f"Experiment `{group.key[0]}`, seeds {', '.join(map(str, seeds))}. {comparison_sentence(group)}", ""]
+    lines += _markdown_table([CELL_HEADERS[c] for c in GROUP_CELLS],
+                             [[_cells(row)[c] for c in GROUP_CELLS] for row in table])
+    lines += [""] + [f"{note}  " for note in _notes(table)[:-1]] + [_notes(table)[-1]]
     return "\n".join(lines) + "\n"
 
 
-def comma_separated(table: list[dict]) -> str:
+def _latex_escape(text: str) -> str:
+    replacements = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
+                    "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
+                    "±": "$\\pm$", "Δ": "$\\Delta$", "×": "$\\times$", COLLAPSED: "$^\\dagger$", MISSING: "---",
+                    "−": "$-$"}
+    return "".join(replacements.get(char, char) for char in text)
+
+
+def _latex_tabular(lead: list[str], lead_cells: list[list[str]], table: list[dict]) -> list[str]:
+    """A booktabs tabular: the ``lead`` columns (left-aligned), then the group's cells, MACs under one spanner."""
+    cells = GROUP_CELLS
+    count = len(lead) + len(cells)
+    first = count - 2  # the three MACs columns are the last three
+    head = [*lead, *(LATEX_HEADERS[c] for c in cells[:-3])]
+    lines = ["\\begin{tabular}{" + "l" * (len(lead) + 1) + "r" * (len(cells) - 1) + "}", "\\toprule",
+             " & ".join([*head, "\\multicolumn{3}{c}{MACs}"]) + " \\\\",
+             f"\\cmidrule(lr){{{first}-{count}}}",
+             " & ".join([""] * len(head) + [LATEX_HEADERS[c] for c in cells[-3:]]) + " \\\\", "\\midrule"]
+    for prefix, row in zip(lead_cells, table):
+        shown = _cells(row)
+        lines.append(" & ".join(_latex_escape(c) for c in [*prefix, *(shown[c] for c in cells)]) + " \\\\")
+    return lines + ["\\bottomrule", "\\end{tabular}"]
+
+
+def group_latex(group: Group, table: list[dict]) -> str:
+    caption = f"{group.title} ({group.key[0]}). {comparison_sentence(group)}"
+    lines = ["% Generated by pipeline/report.py from the runs' metrics.json files; do not edit.",
+             "% Needs \\usepackage{booktabs}.", "\\begin{table}[htbp]", "\\centering", "\\small",
+             f"\\caption{{{_latex_escape(caption)}}}", f"\\label{{tab:{group.name}}}"]
+    lines += _latex_tabular([], [[] for _ in table], table)
+    lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(table)]
+    return "\n".join(lines + ["\\end{table}"]) + "\n"
+
+
+def comma_separated(table: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore", restval="")
     writer.writeheader()
     writer.writerows(table)
     return buffer.getvalue()
+
+
+def markdown(table: list[dict]) -> str:
+    """The summary across the study, one row per group and pruner."""
+    header = ["experiment", "dataset", "architecture", "optimizer", *(CELL_HEADERS[c] for c in GROUP_CELLS)]
+    body = [[row["experiment"], row["dataset"], row["architecture"], row["optimizer"],
+             *(_cells({**row, "missing": False})[c] for c in GROUP_CELLS)] for row in table]
+    notes = _notes([{**row, "missing": False} for row in table])
+    lines = _markdown_table(header, body) + [""] + [f"{note}  " for note in notes[:-1]] + [notes[-1]]
+    return "\n".join(lines) + "\n"
+
+
+def summary_latex(table: list[dict], tolerance: float) -> str:
+    rows_ = [{**row, "missing": False} for row in table]
+    caption = (f"Summary of the study: every dataset, architecture and optimizer, read at its NNrelief comparison "
+               f"iteration (the last whose mean test accuracy is within {tolerance:.2f} points of the dense model's).")
+    lines = ["% Generated by pipeline/report.py from the runs' metrics.json files; do not edit.",
+             "% Needs \\usepackage{booktabs}.", "\\begin{table}[htbp]", "\\centering", "\\scriptsize",
+             f"\\caption{{{_latex_escape(caption)}}}", "\\label{tab:summary}"]
+    lines += _latex_tabular(["Dataset", "Architecture", "Optimizer"],
+                            [[r["dataset"], r["architecture"], r["optimizer"]] for r in rows_], rows_)
+    lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(rows_)]
+    return "\n".join(lines + ["\\end{table}"]) + "\n"
 
 
 def headline(table: list[dict]) -> dict:
@@ -117,17 +293,47 @@ def headline(table: list[dict]) -> dict:
     }
 
 
+def _write(path: Path, text: str) -> None:
+    """Write only when the content changes, so an unchanged table keeps its bytes and its modification time."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = True) -> list[Path]:
+    """Every table (and figure) of the study under ``out``; returns the files written, sorted."""
+    study_groups = groups(runs, tolerance)
+    summary = [row for group in study_groups for row in group_rows(group) if not row["missing"]]
+    tables = out / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group in study_groups:
+        table = group_rows(group)
+        for suffix, text in (("md", group_markdown(group, table)), ("tex", group_latex(group, table)),
+                             ("csv", comma_separated(table, (*COLUMNS, "missing")))):
+            _write(tables / f"{group.name}.{suffix}", text)
+            written.append(tables / f"{group.name}.{suffix}")
+    for name, text in (("summary.md", markdown(summary)), ("summary.csv", comma_separated(summary)),
+                       ("summary.tex", summary_latex(summary, tolerance))):
+        _write(out / name, text)
+        written.append(out / name)
+    write_json(headline(summary), out / "metrics.json")
+    written.append(out / "metrics.json")
+    if figures:
+        from pipeline.figures import write_figures  # matplotlib is imported only when figures are asked for
+
+        written += write_figures(study_groups, out / "figures")
+    return sorted(written)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="the pruning jobs' folders")
-    parser.add_argument("--tolerance", type=float, required=True, help="accuracy tolerance, in points of %")
+    parser.add_argument("--tolerance", type=float, required=True, help="accuracy tolerance, in points of %%")
     parser.add_argument("--out", type=Path, required=True, help="the results folder")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="write the tables only")
     args = parser.parse_args()
-    table = rows(load_runs(args.runs), args.tolerance)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.md").write_text(markdown(table))
-    (args.out / "summary.csv").write_text(comma_separated(table))
-    write_json(headline(table), args.out / "metrics.json")
+    write_report(load_runs(args.runs), args.tolerance, args.out, figures=args.figures)
 
 
 if __name__ == "__main__":

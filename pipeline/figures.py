@@ -1,0 +1,248 @@
+"""The study's figures, drawn only from the runs' metrics files; called by pipeline/report.py.
+
+Per dataset x architecture x optimizer (a report ``Group``), as PNG and SVG:
+- ``<group>_accuracy_vs_remaining``: test accuracy against remaining parameters (% of all weights and biases, log
+  axis), one line per pruner with a min-max band over seeds, the dense model as a reference line;
+- ``<group>_nnrelief_connections``: NNrelief's remaining connections per layer (% of the layer's), per iteration;
+- ``<group>_nnrelief_architecture``: NNrelief's live neurons (Linear) or channels (Conv2d) per layer, per iteration;
+- ``<group>_nnrelief_retraining``: NNrelief's test accuracy before and after retraining, per iteration.
+
+Colours are fixed per pruner (``PRUNER_COLOURS``) across every figure. Files are deterministic: the Agg backend,
+a fixed SVG hash salt and no dates in the metadata, so a rerun on the same runs writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import zlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+PRUNER_COLOURS = {  # one fixed colour per pruner, in every figure
+    "nnrelief": "#d62728",  # red
+    "magnitude": "#1f77b4",  # blue
+    "snip": "#2ca02c",  # green
+    "grasp": "#9467bd",  # purple
+    "synflow": "#ff7f0e",  # orange
+    "random": "#7f7f7f",  # grey
+}
+_SPARE_COLOURS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939")
+DENSE_COLOUR = "#000000"
+STYLE = {
+    "svg.hashsalt": "relief-report", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11,
+    "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.dpi": 100,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+}
+PNG_DPI = 150
+METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+FIGURES = ("accuracy_vs_remaining", "nnrelief_connections", "nnrelief_architecture", "nnrelief_retraining")
+
+
+def pruner_colour(pruner: str) -> str:
+    """The pruner's colour: fixed for the known ones, else one chosen by a stable hash of its name."""
+    return PRUNER_COLOURS.get(pruner, _SPARE_COLOURS[zlib.crc32(pruner.encode()) % len(_SPARE_COLOURS)])
+
+
+def _shades(colour: str, count: int) -> list[tuple[float, float, float]]:
+    """``count`` shades of ``colour``, light to full: one per iteration."""
+    red, green, blue = to_rgb(colour)
+    weights = [0.3 + 0.7 * (i + 1) / count for i in range(count)]
+    return [(1 - w + w * red, 1 - w + w * green, 1 - w + w * blue) for w in weights]
+
+
+def _percent(value: float, _position=None) -> str:
+    """A percentage to 3 significant digits: 80 %, 14.1 %, 1.63 %, 0.0412 %."""
+    return f"{float(f'{value:.3g}'):g} %"
+
+
+def _thinned(values: list[float], min_decades: float) -> list[float]:
+    """Tick positions from ``values`` (descending), dropping each closer than ``min_decades`` to the last kept."""
+    kept: list[float] = []
+    for value in sorted(set(values), reverse=True):
+        if value > 0 and (not kept or math.log10(kept[-1] / value) >= min_decades):
+            kept.append(value)
+    return kept
+
+
+def _save(figure, path: Path) -> list[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in ("png", "svg"):
+        target = path.with_suffix(f".{suffix}")
+        with plt.rc_context(STYLE):  # the SVG hash salt must be set when saving, not only when drawing
+            figure.savefig(target, format=suffix, dpi=PNG_DPI, metadata=METADATA[suffix])
+        written.append(target)
+    plt.close(figure)
+    return written
+
+
+def _title(figure, group, what: str) -> None:
+    figure.suptitle(f"{what}\n{group.title}  ({group.key[0]})")
+
+
+def _per_iteration(runs: list[dict], value) -> list[list[float]]:
+    """``value(record)`` per iteration (outer) and seed (inner), over the iterations every seed has."""
+    count = min(len(r["metrics"]["iterations"]) for r in runs)
+    return [[value(r["metrics"]["iterations"][i]) for r in runs] for i in range(count)]
+
+
+def accuracy_vs_remaining(group) -> plt.Figure:
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+        dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"]
+                                for runs in group.by_pruner.values() for r in runs)
+        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        for pruner in group.pruners:
+            runs = group.by_pruner.get(pruner)
+            if not runs:
+                continue
+            remaining = [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
+            accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
+            collapsed = [any(v) for v in _per_iteration(runs, lambda r: bool(r.get("collapsed")))]
+            colour = pruner_colour(pruner)
+            main = pruner == "nnrelief"
+            axes.plot(remaining, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
+                      markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
+                      label=pruner + (" (collapsed: ×)" if any(collapsed) else ""))
+            axes.fill_between(remaining, [min(a) for a in accuracy], [max(a) for a in accuracy], color=colour,
+                              alpha=0.18, linewidth=0)
+            bad = [(x, statistics.mean(a)) for x, a, c in zip(remaining, accuracy, collapsed) if c]
+            if bad:
+                axes.scatter(*zip(*bad), marker="x", s=60, color=colour, zorder=4)
+        nnrelief = group.by_pruner["nnrelief"]
+        at = statistics.mean(r["metrics"]["iterations"][group.iteration - 1]["parameters"]["remaining_pct_of_all"]
+                             for r in nnrelief)
+        axes.axvline(at, color=pruner_colour("nnrelief"), linestyle=":", linewidth=1,
+                     label=f"comparison (NNrelief iteration {group.iteration})")
+        axes.set_xscale("log")
+        # ticks at NNrelief's iterations (every pruner is read at the same counts), thinned so labels never touch
+        ticks = [statistics.mean(r["metrics"]["iterations"][i]["parameters"]["remaining_pct_of_all"] for r in nnrelief)
+                 for i in range(min(len(r["metrics"]["iterations"]) for r in nnrelief))]
+        low, high = min(ticks), max(ticks)
+        axes.set_xticks(_thinned(ticks, max(math.log10(high / low) if low > 0 else 0, 0.3) / 7))
+        axes.xaxis.set_major_formatter(FuncFormatter(_percent))
+        axes.xaxis.set_minor_locator(LogLocator(base=10, subs="auto"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.invert_xaxis()  # pruning goes left to right: fewer parameters further right
+        axes.set_xlabel("remaining parameters (% of all weights and biases, log scale)")
+        axes.set_ylabel("test accuracy after retraining (%)")
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                    title="band: min–max over seeds", title_fontsize=8)
+        _title(figure, group, "Accuracy against remaining parameters")
+        return figure
+
+
+def _layers(runs: list[dict]) -> list[dict]:
+    return runs[0]["metrics"]["dense"]["layers"]
+
+
+def _layer_label(layer: dict) -> str:
+    return f"{layer['layer']}\n({layer['kind']})"
+
+
+def nnrelief_connections(group) -> plt.Figure:
+    runs = group.by_pruner["nnrelief"]
+    layers = _layers(runs)
+    per_iteration = _per_iteration(runs, lambda record: [
+        100 * l["connections_remaining"] / l["connections_total"] for l in record["layers"]])
+    count = len(per_iteration)
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=(max(6.5, 1.6 * len(layers) + 2.5), 4.6), layout="constrained")
+        width = 0.8 / count
+        for i, (seeds, shade) in enumerate(zip(per_iteration, _shades(pruner_colour("nnrelief"), count))):
+            means = [statistics.mean(s[j] for s in seeds) for j in range(len(layers))]
+            low = [means[j] - min(s[j] for s in seeds) for j in range(len(layers))]
+            high = [max(s[j] for s in seeds) - means[j] for j in range(len(layers))]
+            positions = [j - 0.4 + width * (i + 0.5) for j in range(len(layers))]
+            bars = axes.bar(positions, means, width=width * 0.92, color=shade, edgecolor="#555555", linewidth=0.5,
+                            label=f"iteration {i + 1}", yerr=[low, high] if len(seeds) > 1 else None,
+                            error_kw={"linewidth": 0.8, "capsize": 2})
+            texts = axes.bar_label(bars, labels=[_percent(m) for m in means], fontsize=7, padding=2, rotation=90)
+            for text in texts:
+                text.set_zorder(5)
+        axes.set_yscale("log")
+        smallest = min((v for seeds in per_iteration for s in seeds for v in s if v > 0), default=1.0)
+        axes.set_ylim(10 ** math.floor(math.log10(smallest)), 300)  # a whole decade below; room for labels on top
+        axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _percent(v) if v <= 100 else ""))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+        axes.set_xticks(range(len(layers)), [_layer_label(l) for l in layers])
+        axes.set_xlabel("layer (dense = 100 %; connections: weights of a Linear layer, kernels of a Conv2d layer)")
+        axes.set_ylabel("remaining connections (% of the layer's, log scale)")
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        _title(figure, group, "NNrelief: remaining connections per layer")
+        return figure
+
+
+def nnrelief_architecture(group) -> plt.Figure:
+    runs = group.by_pruner["nnrelief"]
+    dense = runs[0]["metrics"]["dense"]
+    layers = dense["layers"]
+    rows = [[float(v) for v in dense["architecture"]]] + [
+        [statistics.mean(s[j] for s in seeds) for j in range(len(dense["architecture"]))]
+        for seeds in _per_iteration(runs, lambda record: record["architecture"])]
+    columns = [f"input\n({'channels' if layers[0]['kind'] == 'conv' else 'features'})"] + [
+        f"{l['layer']}\n({'channels' if l['kind'] == 'conv' else 'neurons'})" for l in layers]
+    share = [[100 * v / d if d else 0.0 for v, d in zip(row, rows[0])] for row in rows]
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        figure, axes = plt.subplots(figsize=(max(6.5, 1.5 * len(columns) + 2.5), 1.0 + 0.55 * len(rows) + 1.2),
+                                    layout="constrained")
+        image = axes.imshow(share, cmap="Reds", vmin=0, vmax=100, aspect="auto")
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                text = f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+                axes.text(j, i, text, ha="center", va="center", fontsize=9,
+                          color="white" if share[i][j] > 60 else "black")
+        axes.set_xticks(range(len(columns)), columns)
+        axes.set_yticks(range(len(rows)), ["dense"] + [f"iteration {i}" for i in range(1, len(rows))])
+        axes.tick_params(length=0)
+        for spine in axes.spines.values():
+            spine.set_visible(False)
+        axes.set_xlabel("layer (cell: live units, mean over seeds)")
+        figure.colorbar(image, ax=axes, label="live units (% of dense)", shrink=0.9)
+        _title(figure, group, "NNrelief: architecture per iteration (live neurons or channels)")
+        return figure
+
+
+def nnrelief_retraining(group) -> plt.Figure:
+    runs = group.by_pruner["nnrelief"]
+    colour = pruner_colour("nnrelief")
+    before = _per_iteration(runs, lambda r: r["test_accuracy_before_retrain_pct"])
+    after = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
+    remaining = [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
+    iterations = list(range(1, len(after) + 1))
+    dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"] for r in runs)
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=(6.5, 4.4), layout="constrained")
+        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        for values, label, style, face in ((before, "before retraining", "--", "white"),
+                                           (after, "after retraining", "-", colour)):
+            axes.plot(iterations, [statistics.mean(v) for v in values], linestyle=style, color=colour, marker="o",
+                      markerfacecolor=face, markersize=6, linewidth=2, label=label)
+            axes.fill_between(iterations, [min(v) for v in values], [max(v) for v in values], color=colour,
+                              alpha=0.15, linewidth=0)
+        axes.set_xticks(iterations, [f"{i}\n({_percent(round(r, 2))} left)" for i, r in zip(iterations, remaining)])
+        axes.set_xlabel("NNrelief iteration (remaining parameters, % of all weights and biases)")
+        axes.set_ylabel("test accuracy (%)")
+        axes.legend(loc="best", frameon=False, title="band: min–max over seeds", title_fontsize=8)
+        _title(figure, group, "NNrelief: accuracy before and after retraining")
+        return figure
+
+
+DRAWERS = dict(zip(FIGURES, (accuracy_vs_remaining, nnrelief_connections, nnrelief_architecture, nnrelief_retraining)))
+
+
+def write_figures(groups, out: Path) -> list[Path]:
+    """Every figure of every group under ``out``, as PNG and SVG; returns the files written."""
+    written = []
+    for group in groups:
+        for name, draw in DRAWERS.items():
+            written += _save(draw(group), out / f"{group.name}_{name}")
+    return written

@@ -1,0 +1,115 @@
+"""The report's tables and figures, from a fixed fixture of run metrics (tests/fixtures/report, hand-written)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import report
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "report"
+ADAM, SGD = "fashion-mnist_lenet300-100_adam", "fashion-mnist_lenet300-100_sgd"
+
+
+def runs():
+    return report.load_runs(sorted(FIXTURE.iterdir()))
+
+
+def markdown_rows(text: str) -> dict[str, list[str]]:
+    """The table's rows by pruner (without markers): the cells after the pruner column."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| pruner"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].split()[0]] = cells
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tables_only(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    report.write_report(runs(), 1.0, out, figures=False)
+    return out
+
+
+def test_comparison_iteration_is_the_last_within_tolerance():
+    nnrelief = [r for r in runs() if r["labels"]["pruner"] == "nnrelief" and r["labels"]["optimizer"] == "adam"]
+    # dense 88.00; NNrelief's mean accuracy 87.40 at iteration 1, 87.10 at iteration 2
+    assert report.comparison_iteration(nnrelief, 1.0) == 2
+    assert report.comparison_iteration(nnrelief, 0.7) == 1
+    assert report.comparison_iteration(nnrelief, 0.1) == 1  # none within: the first
+
+
+def test_group_table_cells(tables_only):
+    text = (tables_only / "tables" / f"{ADAM}.md").read_text()
+    assert "NNrelief comparison iteration: 2" in text and "within 1.00 points" in text
+    rows = markdown_rows(text)
+    assert list(rows) == ["nnrelief", "magnitude", "snip"]  # NNrelief first, then baselines by name
+    # NNrelief at iteration 2: seeds 87.30 and 86.90, dense 88.00
+    mean = (87.30 + 86.90) / 2
+    std = math.sqrt(((87.30 - mean) ** 2 + (86.90 - mean) ** 2) / (2 - 1))  # sample std, n - 1
+    assert f"{mean:.2f} ± {std:.2f}" == "87.10 ± 0.28"
+    assert rows["nnrelief"] == ["nnrelief", "2", "2", "88.00", "87.10 ± 0.28", "-0.90", "10.00", "10.00",
+                                "1,000", "110", "300"]
+    # magnitude: seeds 87.00 and 85.00, seed 1 collapsed at iteration 2
+    assert rows["magnitude"][0] == "magnitude †"
+    assert rows["magnitude"][4:6] == ["86.00 ± 1.41", "-2.00"]
+    assert "† collapsed" in text
+    assert rows["snip"][1:6] == ["1", "2", "88.00", "86.50", "-1.50"]  # one seed: no std
+
+
+def test_missing_run_is_a_marked_empty_row(tables_only):
+    text = (tables_only / "tables" / f"{SGD}.md").read_text()
+    rows = markdown_rows(text)
+    assert rows["snip"] == ["snip"] + [report.MISSING] * 10
+    assert f"{report.MISSING} missing" in text
+    missing = list(csv.DictReader(io.StringIO((tables_only / "tables" / f"{SGD}.csv").read_text())))[-1]
+    assert missing["pruner"] == "snip" and missing["missing"] == "True" and missing["accuracy_pct"] == ""
+
+
+def test_csv_and_summary(tables_only):
+    rows = list(csv.DictReader(io.StringIO((tables_only / "tables" / f"{ADAM}.csv").read_text())))
+    assert rows[0]["accuracy_pct"] == "87.1" and rows[0]["accuracy_std_pct"] == "0.28"
+    assert rows[1]["collapsed"] == "True"
+    summary = list(csv.DictReader(io.StringIO((tables_only / "summary.csv").read_text())))
+    assert tuple(summary[0]) == report.COLUMNS
+    assert [(r["optimizer"], r["pruner"]) for r in summary] == [
+        ("adam", "nnrelief"), ("adam", "magnitude"), ("adam", "snip"), ("sgd", "nnrelief"), ("sgd", "magnitude")]
+    assert "87.10 ± 0.28" in (tables_only / "summary.md").read_text()
+
+
+def test_latex_is_booktabs(tables_only):
+    for path in [tables_only / "summary.tex", *(tables_only / "tables").glob("*.tex")]:
+        text = path.read_text()
+        assert text.index("\\toprule") < text.index("\\midrule") < text.index("\\bottomrule"), path.name
+        assert "±" not in text and "†" not in text and "Δ" not in text  # escaped to math
+    adam = (tables_only / "tables" / f"{ADAM}.tex").read_text()
+    assert "87.10 $\\pm$ 0.28" in adam and "magnitude $^\\dagger$" in adam
+
+
+def test_rerun_is_byte_identical_and_figures_exist(tmp_path):
+    command = [sys.executable, "-m", "pipeline.report", "--runs", *map(str, sorted(FIXTURE.iterdir())),
+               "--tolerance", "1.0"]
+    outputs = []
+    for name in ("first", "second"):
+        subprocess.run([*command, "--out", str(tmp_path / name)], check=True, cwd=REPO, timeout=300)
+        outputs.append({p.relative_to(tmp_path / name): p.read_bytes()
+                        for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    first, second = outputs
+    assert sorted(first) == sorted(second)
+    for path in first:
+        if path.suffix != ".png":  # PNG from Agg is deterministic too, but is not promised across platforms
+            assert first[path] == second[path], path
+    for stem in (ADAM, SGD):
+        for figure in ("accuracy_vs_remaining", "nnrelief_connections", "nnrelief_architecture",
+                       "nnrelief_retraining"):
+            png = Path("figures") / f"{stem}_{figure}.png"
+            assert first[png][:8] == b"\x89PNG\r\n\x1a\n" and len(first[png]) > 10_000, png
+            assert (Path("figures") / f"{stem}_{figure}.svg") in first
