@@ -23,6 +23,7 @@ study: setup offline-data
 	$(VENV)/bin/snakemake --cores all
 
 test: setup offline-data
+	bash scripts/install-browser.sh
 	$(PYTHON) -m pytest
 
 bench: setup

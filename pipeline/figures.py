@@ -21,9 +21,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgb
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 PRUNER_COLOURS = {  # one fixed colour per pruner, in every figure
     "nnrelief": "#d62728",  # red
@@ -103,7 +103,8 @@ def accuracy_vs_remaining(group) -> plt.Figure:
             runs = group.by_pruner.get(pruner)
             if not runs:
                 continue
-            remaining = [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
+            remaining = [statistics.mean(v)
+                         for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
             accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
             collapsed = [any(v) for v in _per_iteration(runs, lambda r: bool(r.get("collapsed")))]
             colour = pruner_colour(pruner)
@@ -151,7 +152,7 @@ def nnrelief_connections(group) -> plt.Figure:
     runs = group.by_pruner["nnrelief"]
     layers = _layers(runs)
     per_iteration = _per_iteration(runs, lambda record: [
-        100 * l["connections_remaining"] / l["connections_total"] for l in record["layers"]])
+        100 * layer["connections_remaining"] / layer["connections_total"] for layer in record["layers"]])
     count = len(per_iteration)
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(max(6.5, 1.6 * len(layers) + 2.5), 4.6), layout="constrained")
@@ -173,7 +174,7 @@ def nnrelief_connections(group) -> plt.Figure:
         axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _percent(v) if v <= 100 else ""))
         axes.yaxis.set_minor_formatter(NullFormatter())
-        axes.set_xticks(range(len(layers)), [_layer_label(l) for l in layers])
+        axes.set_xticks(range(len(layers)), [_layer_label(layer) for layer in layers])
         axes.set_xlabel("layer (dense = 100 %; connections: weights of a Linear layer, kernels of a Conv2d layer)")
         axes.set_ylabel("remaining connections (% of the layer's, log scale)")
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
@@ -189,7 +190,7 @@ def nnrelief_architecture(group) -> plt.Figure:
         [statistics.mean(s[j] for s in seeds) for j in range(len(dense["architecture"]))]
         for seeds in _per_iteration(runs, lambda record: record["architecture"])]
     columns = [f"input\n({'channels' if layers[0]['kind'] == 'conv' else 'features'})"] + [
-        f"{l['layer']}\n({'channels' if l['kind'] == 'conv' else 'neurons'})" for l in layers]
+        f"{layer['layer']}\n({'channels' if layer['kind'] == 'conv' else 'neurons'})" for layer in layers]
     share = [[100 * v / d if d else 0.0 for v, d in zip(row, rows[0])] for row in rows]
     with plt.rc_context({**STYLE, "axes.grid": False}):
         figure, axes = plt.subplots(figsize=(max(6.5, 1.5 * len(columns) + 2.5), 1.0 + 0.55 * len(rows) + 1.2),

@@ -203,7 +203,8 @@ def comparison_sentence(group: Group) -> str:
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 1 else "--:" for i in range(len(header))) + "|"]
+    alignment = "|" + "|".join("---" if i < 1 else "--:" for i in range(len(header))) + "|"
+    return (["| " + " | ".join(header) + " |", alignment]
             + ["| " + " | ".join(cells) + " |" for cells in body])
 
 

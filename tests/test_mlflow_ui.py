@@ -31,7 +31,8 @@ STUDY = "ui-study"
 ARCHITECTURES = ("lenet300-100", "lenet5")
 PRUNERS = ("nnrelief", "magnitude")
 SERVER_START_S = 60
-UI_TIMEOUT_MS = 30_000
+UI_TIMEOUT_MS = 20_000
+FIRST_LOAD_MS = 45_000
 
 
 def _unavailable(reason: str):
@@ -55,7 +56,8 @@ def _fake_run(folder: Path, index: int, architecture: str, pruner: str) -> float
     write_json({"slice": {"pruner": pruner, "loop": {"num_iters": 2}}, "labels": labels, "device": "cpu",
                 "git_commit": "abc"}, folder / "config.json")
     dense = {"test_accuracy_pct": 90.0, "val_accuracy_pct": 89.0, "parameters": {"remaining_pct_of_prunable": 100.0}}
-    iterations = [{"test_accuracy_before_retrain_pct": 70.0 + index + step, "test_accuracy_pct": 80.0 + index + 0.25 * step,
+    iterations = [{"test_accuracy_before_retrain_pct": 70.0 + index + step,
+                   "test_accuracy_pct": 80.0 + index + 0.25 * step,
                    "val_accuracy_pct": 79.0 + index, "parameters": {"remaining_pct_of_prunable": 50.0 / (step + 1)}}
                   for step in range(2)]
     write_json({"dense": dense, "iterations": iterations}, folder / "metrics.json")
@@ -148,11 +150,11 @@ def test_mlflow_ui_lists_every_run_with_its_metrics(tmp_path):
             try:
                 page = context.new_page()
                 page.goto(f"{url}/#/experiments/{experiment_id}/runs")
-                for name in expected:
-                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
+                for name in expected:  # the first page load also waits for the UI's bundle: a longer bound
+                    expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=FIRST_LOAD_MS)
                 expect(page.get_by_text(f"{len(expected)} matching runs")).to_be_visible()
 
-                close_assistant = page.get_by_role("button", name="Close")  # the side panel hides columns
+                close_assistant = page.get_by_role("button", name="Close", exact=True)  # the side panel hides columns
                 if close_assistant.count():
                     close_assistant.first.click()
                 page.get_by_role("button", name="Columns", exact=True).click()
