@@ -8,14 +8,12 @@ BatchNorm are removed together by Torch-Pruning's dependency graph, and only whe
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from relief.graph import EXTERNAL, LayerGraph, trace
-from relief.masks import Masks, remove_masks
+from relief.masks import Masks, baked_copy
 
 _CONSTANT_TOLERANCE = 1e-6
 
@@ -26,13 +24,7 @@ def compact(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> nn.M
 
     ``example_input`` is a batch of real inputs, used to trace the model and to read the constants it folds.
     """
-    net = remove_masks(copy.deepcopy(model)).eval()
-    given = masks
-    masks = {}  # a mask for every parameter: the given one, or all kept
-    for name, tensor in net.named_parameters():
-        mask = given.get(name, torch.ones_like(tensor, dtype=torch.bool))
-        masks[name] = mask.to(tensor.device, torch.bool).clone()
-        tensor.mul_(masks[name])
+    net, masks = baked_copy(model, masks)
     graph = trace(net, example_input[:1])
     _fold_constants(net, graph, masks, example_input)
     _remove(net, graph, _removable_units(graph, masks), example_input[:1])

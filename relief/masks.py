@@ -8,6 +8,7 @@ can revive a pruned weight, and the mask is saved in the state dict as ``...para
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -105,6 +106,30 @@ def remove_masks(model: nn.Module) -> nn.Module:
             else:
                 module.register_buffer(attribute, value)
     return model
+
+
+def baked_copy(model: nn.Module, masks: Masks | None = None) -> tuple[nn.Module, Masks]:
+    """A plain deep copy of ``model`` in eval mode, with the masks applied to it and ``masks`` (which win, name by
+    name) multiplied into its tensors; and a mask for every parameter of the copy (all True where none is given)."""
+    given = {**masks_of(model), **(masks or {})}
+    net = remove_masks(copy.deepcopy(model)).eval()
+    parameters = dict(net.named_parameters())
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        raise KeyError(
+            f"masks name tensors that {type(model).__name__} does not have: {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''}. Mask keys are parameter names of the unmasked model, "
+            "as in named_parameters() (e.g. 'features.0.weight')."
+        )
+    full: Masks = {}
+    with torch.no_grad():
+        for name, tensor in parameters.items():
+            mask = given.get(name, torch.ones_like(tensor, dtype=torch.bool))
+            if mask.shape != tensor.shape:
+                raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
+            full[name] = mask.to(device=tensor.device, dtype=torch.bool).clone()
+            tensor.mul_(full[name])
+    return net, full
 
 
 @contextmanager

@@ -24,7 +24,6 @@ that ``masks`` does not name keeps the mask applied to the model, or is fully ke
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from relief.compact import compact
 from relief.graph import PRUNABLE
-from relief.masks import Masks, masks_of, remove_masks
+from relief.masks import Masks, baked_copy
 
 with warnings.catch_warnings():
     # fvcore.nn scripts a focal loss at import time, which newer torch flags as deprecated; irrelevant here.
@@ -57,29 +56,7 @@ class _Counted:
 
 
 def _prepare(model: nn.Module, masks: Masks | None) -> _Counted:
-    effective = {**masks_of(model), **(masks or {})}
-    net = remove_masks(copy.deepcopy(model)).eval()
-    parameters = dict(net.named_parameters())
-    unknown = sorted(set(effective) - set(parameters))
-    if unknown:
-        raise KeyError(
-            f"masks name tensors that {type(model).__name__} does not have: {unknown[:5]}"
-            f"{' ...' if len(unknown) > 5 else ''}. Mask keys are parameter names of the unmasked model, "
-            "as in named_parameters() (e.g. 'features.0.weight')."
-        )
-    full: Masks = {}
-    with torch.no_grad():
-        for name, tensor in parameters.items():
-            if name in effective:
-                mask = effective[name]
-                if mask.shape != tensor.shape:
-                    raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
-                mask = mask.to(device=tensor.device, dtype=torch.bool)
-                tensor.mul_(mask)
-            else:
-                mask = torch.ones_like(tensor, dtype=torch.bool)
-            full[name] = mask
-    return _Counted(net, full)
+    return _Counted(*baked_copy(model, masks))
 
 
 def _kind_of(net: nn.Module, name: str) -> str:

@@ -145,7 +145,7 @@ def train(
             }, checkpoint)
     return TrainResult(
         test_accuracy_pct=evaluate(model, data, data.test),
-        val_accuracy_pct=evaluate(model, data, data.val),
+        val_accuracy_pct=history[-1]["val_accuracy_pct"] if history else evaluate(model, data, data.val),
         history=history,
         optimizer_state=optimizer.state_dict(),
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from relief.pruners.selection import current_masks, keep_top, masked_copy, prunable_tensors, target_at
+from relief.pruners.selection import best_to_target, current_masks, masked_copy, prunable_tensors
 from relief.pruners.snip import loss_gradient
 
 _EPS = 1e-10  # as in the published normalisation
@@ -56,7 +56,7 @@ class GraSP:
         return {name: score / norm for name, score in scores.items()}
 
     def __call__(self, model, images, labels, masks, iteration):
-        current = current_masks(model, masks)
-        keep = target_at(self.targets, iteration, current)
-        scores = self.scores(model, images, labels, current)
-        return keep_top({name: -score for name, score in scores.items()}, current, keep)
+        def kept_first(current):  # the published code removes the largest scores: rank by their negation
+            return {name: -score for name, score in self.scores(model, images, labels, current).items()}
+
+        return best_to_target(kept_first, model, masks, self.targets, iteration)

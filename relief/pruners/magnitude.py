@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relief.pruners.selection import SCOPES, current_masks, keep_top, prunable_tensors, target_at
+from relief.pruners.selection import SCOPES, best_to_target, current_masks, prunable_tensors
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,5 @@ class Magnitude:
         return {name: (tensor * current[name]).detach().abs() for name, tensor in prunable_tensors(model).items()}
 
     def __call__(self, model, images, labels, masks, iteration):
-        current = current_masks(model, masks)
-        keep = target_at(self.targets, iteration, current)
-        return keep_top(self.scores(model, images, labels, current), current, keep, self.scope)
+        score = lambda current: self.scores(model, images, labels, current)  # noqa: E731
+        return best_to_target(score, model, masks, self.targets, iteration, self.scope)

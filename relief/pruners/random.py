@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from relief.masks import Masks
-from relief.pruners.selection import at_iteration, current_masks, keep_counts, keep_top, target_at
+from relief.pruners.selection import at_iteration, best_to_target, current_masks, keep_counts
 
 
 def random_scores(masks: Masks, seed: int, iteration: int) -> dict[str, torch.Tensor]:
@@ -28,9 +28,8 @@ class Random:
         return random_scores(current_masks(model, masks), self.seed, iteration)
 
     def __call__(self, model, images, labels, masks, iteration):
-        current = current_masks(model, masks)
-        keep = target_at(self.targets, iteration, current)
-        return keep_top(self.scores(model, images, labels, current, iteration), current, keep)
+        score = lambda current: random_scores(current, self.seed, iteration)  # noqa: E731
+        return best_to_target(score, model, masks, self.targets, iteration)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,11 @@ never units, so no output neuron is ever removed (at worst it keeps no connectio
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from relief.graph import PRUNABLE
-from relief.masks import Masks, masks_of, remove_masks
+from relief.masks import Masks, baked_copy, masks_of
 
 SCOPES = ("global", "layerwise")
 
@@ -65,14 +63,19 @@ def target_at(targets: tuple[int, ...], iteration: int, masks: Masks) -> int:
 def masked_copy(model: nn.Module, masks: Masks) -> nn.Module:
     """A plain (unparametrized) deep copy of ``model`` in eval mode, ``masks`` multiplied into its prunable tensors,
     which require grad."""
-    net = remove_masks(copy.deepcopy(model)).eval()
-    tensors = prunable_tensors(net)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            tensors[name].mul_(mask)
-    for tensor in tensors.values():
+    net, _ = baked_copy(model, masks)
+    for tensor in prunable_tensors(net).values():
         tensor.requires_grad_(True)
     return net
+
+
+def best_to_target(score, model: nn.Module, masks: Masks, targets: tuple[int, ...], iteration: int,
+                   scope: str = "global") -> Masks:
+    """What every scoring baseline does at an iteration: rank the unpruned entries by ``score(current masks)`` and
+    keep as many of the best as the iteration's target asks."""
+    current = current_masks(model, masks)
+    keep = target_at(targets, iteration, current)
+    return keep_top(score(current), current, keep, scope)
 
 
 def keep_top(scores: dict[str, torch.Tensor], masks: Masks, keep: int, scope: str = "global") -> Masks:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relief.pruners.selection import current_masks, keep_top, masked_copy, prunable_tensors, target_at
+from relief.pruners.selection import best_to_target, current_masks, masked_copy, prunable_tensors
 
 
 def loss_gradient(
@@ -45,6 +45,5 @@ class SNIP:
         return {name: (tensor * grads[name]).detach().abs() for name, tensor in prunable_tensors(net).items()}
 
     def __call__(self, model, images, labels, masks, iteration):
-        current = current_masks(model, masks)
-        keep = target_at(self.targets, iteration, current)
-        return keep_top(self.scores(model, images, labels, current), current, keep)
+        score = lambda current: self.scores(model, images, labels, current)  # noqa: E731
+        return best_to_target(score, model, masks, self.targets, iteration)
