@@ -12,6 +12,7 @@ from relief.models import MODEL_NAMES
 from relief.nnrelief import RULES
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
+from relief.train import PRECISIONS
 
 Alpha = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[int, Field(ge=1)]
@@ -75,6 +76,8 @@ class Experiment(Strict):
     loop: Loop
     nnrelief: NNreliefSettings = NNreliefSettings()
     gpus: Annotated[int, Field(ge=0)] = 0  # GPUs each training/pruning job asks the scheduler for
+    precision: Literal[PRECISIONS] = "fp32"  # bf16: training under bfloat16 autocast
+    channels_last: bool = False  # NHWC memory layout in training (faster convolutions on GPUs)
 
 
 class Report(Strict):

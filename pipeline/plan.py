@@ -75,6 +75,8 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
         "architecture": labels["architecture"],
         "optimizer": {"name": labels["optimizer"], **experiment.optimizers[labels["optimizer"]].model_dump()},
         "pretrain": experiment.pretrain.model_dump(),
+        "precision": experiment.precision,
+        "channels_last": experiment.channels_last,
         "seed": labels["seed"],
     }
     if experiment.loop.rewind == "epoch":

@@ -46,7 +46,7 @@ def main() -> None:
     loop = LoopConfig(**piece["loop"])
     result = run_loop(
         model_builder(dense, data), data, pruner_for(piece, dense["seed"], args.reference),
-        train_config(dense["optimizer"], dense["pretrain"]), train_config(dense["optimizer"], piece["retrain"]),
+        train_config(dense, dense["pretrain"]), train_config(dense, piece["retrain"]),
         loop, args.out, seed=dense["seed"], progress=settings.get("progress", True),
     )
     final = checkpoints.load(args.out / f"iter_{loop.num_iters:02d}.pt", map_location=on)

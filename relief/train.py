@@ -17,6 +17,7 @@ from relief import checkpoints
 from relief.data import Dataset, Split
 
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("fp32", "bf16")
 _DIVERGENCE_CHECK_STEPS = 100  # how often the device is asked whether a loss was not finite
 
 
@@ -32,10 +33,14 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     batch_size: int = 120
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast; weights and optimizer stay float32
+    channels_last: bool = False  # NHWC memory layout for the model and the image batches (faster convs on GPUs)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError(f"epochs >= 0, lr > 0 and batch_size >= 1 are required, got {self}")
 
@@ -94,6 +99,8 @@ def train(
     Raises :class:`Divergence`, naming the epoch and step, when the loss is not finite.
     """
     device = data.train.images.device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     optimizer, scheduler = make_optimizer(model, config)
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
@@ -120,7 +127,8 @@ def train(
         bar = tqdm(batches, total=steps, desc=f"{description} epoch {epoch}/{config.epochs}", disable=not progress,
                    leave=False)
         for step, (images, labels) in enumerate(bar, start=1):
-            loss = F.cross_entropy(model(images), labels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                loss = F.cross_entropy(model(images.contiguous(memory_format=memory_format)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
