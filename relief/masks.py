@@ -57,12 +57,27 @@ def stored_tensor(model: nn.Module, name: str) -> torch.Tensor:
 
 
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """Mask ``model`` in place (again, if it is masked already) and zero the stored pruned weights."""
+    """Mask ``model`` in place (again, if it is masked already) and zero the stored pruned weights.
+
+    Every mask is checked against the model first, so masks made for another architecture change nothing.
+    """
+    problems = []
+    for name, mask in masks.items():
+        try:
+            tensor = getattr(*_owner(model, name))
+        except KeyError as error:
+            problems.append(str(error.args[0]))
+            continue
+        if mask.shape != tensor.shape:
+            problems.append(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
+    if problems:
+        raise ValueError(
+            f"{len(problems)} of {len(masks)} masks do not fit {type(model).__name__} (masks from another "
+            f"architecture?); nothing was applied: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+        )
     for name, mask in masks.items():
         module, attribute = _owner(model, name)
         tensor = getattr(module, attribute)
-        if mask.shape != tensor.shape:
-            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
         mask = mask.to(device=tensor.device, dtype=torch.bool)
         existing = _mask_of(module, attribute)
         if existing is None:

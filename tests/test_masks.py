@@ -79,5 +79,16 @@ def test_a_mask_of_the_wrong_shape_or_name_is_refused():
     model = models.build("lenet300-100", 10, (1, 28, 28))
     with pytest.raises(ValueError, match="shape"):
         apply_masks(model, {"classifier.0.weight": torch.ones(3, 3, dtype=torch.bool)})
-    with pytest.raises(KeyError, match="no tensor"):
+    with pytest.raises(ValueError, match="no tensor"):
         apply_masks(model, {"classifier.9.weight": torch.ones(3, dtype=torch.bool)})
+
+
+def test_masks_of_another_architecture_change_nothing():
+    model = models.build("lenet300-100", 10, (1, 28, 28))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    other = {name: torch.rand_like(p) > 0.5 for name, p in models.build("lenet5", 10, (1, 28, 28)).named_parameters()}
+    fitting = {"classifier.0.weight": torch.zeros(300, 784, dtype=torch.bool)}  # would zero a layer if applied first
+    with pytest.raises(ValueError, match="another architecture.*nothing was applied"):
+        apply_masks(model, {**fitting, **other})
+    assert not masks_of(model)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
