@@ -89,6 +89,6 @@ def test_masks_of_another_architecture_change_nothing():
     other = {name: torch.rand_like(p) > 0.5 for name, p in models.build("lenet5", 10, (1, 28, 28)).named_parameters()}
     fitting = {"classifier.0.weight": torch.zeros(300, 784, dtype=torch.bool)}  # would zero a layer if applied first
     with pytest.raises(ValueError, match="another architecture.*nothing was applied"):
-        apply_masks(model, {**fitting, **other})
+        apply_masks(model, {**other, **fitting})
     assert not masks_of(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
