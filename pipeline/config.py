@@ -16,26 +16,28 @@ from relief.train import PRECISIONS
 
 Alpha = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[int, Field(ge=1)]
+Text = Annotated[str, Field(min_length=1)]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in file names and MLflow
 DatasetName = Literal[tuple(sorted(DATASETS))]
 Architecture = Literal[MODEL_NAMES]
 PrunerName = Literal[tuple(PRUNERS)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Data(Strict):
-    root: str = "data"
-    mirrors: list[str] = []  # tried before each dataset's official mirrors: URLs or local folders
+    root: Text = "data"
+    mirrors: list[Text] = []  # tried before each dataset's official mirrors: URLs or local folders
     download: bool = True
     val_size: Annotated[int, Field(ge=0)] = 5000
     train_limit: Positive | None = None  # use only the first N training images (quick studies)
 
 
 class Mlflow(Strict):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlartifacts"
+    tracking_uri: Text = "sqlite:///mlflow.db"
+    artifact_location: Text = "mlartifacts"
 
 
 class Phase(Strict):
@@ -85,14 +87,14 @@ class Report(Strict):
 
 
 class Study(Strict):
-    study: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    study: Name
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     pruners: Annotated[list[PrunerName], Field(min_length=1)]
-    experiments: Annotated[dict[str, Experiment], Field(min_length=1)]
+    experiments: Annotated[dict[Name, Experiment], Field(min_length=1)]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Positive = 1  # CPU threads per job
-    runs_dir: str = "runs"
-    results_dir: str = "results"
+    runs_dir: Text = "runs"
+    results_dir: Text = "results"
     data: Data = Data()
     mlflow: Mlflow = Mlflow()
     report: Report = Report()
@@ -139,17 +141,19 @@ def describe(error: ValidationError) -> str:
 
 def _allowed_keys(location: tuple) -> list[str]:
     """The keys the model at ``location`` (minus its last part) accepts."""
-    model: Any = Study
+    node: Any = Study
     for part in location[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) and hasattr(model, "model_fields") else None
-        if field is None:
-            continue  # a dict key or list index: the value model is found below
-        model = _model_in(field.annotation)
-    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+        field = node.model_fields.get(part) if _is_model(node) else None
+        node = field.annotation if field is not None else _model_in(node)  # else past a dict key or list index
+    return sorted(node.model_fields) if _is_model(node) else []
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if _is_model(annotation):
         return annotation
     for argument in reversed(get_args(annotation)):
         found = _model_in(argument)

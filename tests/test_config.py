@@ -1,0 +1,297 @@
+"""Every params.yaml field, wrong: a wrong type, an impossible value, an unknown key beside it, its removal.
+
+Each case edits the repo's params.yaml in one place, and load_study (what the Snakefile runs before any job; through
+real Snakemake in tests/test_pipeline.py) must raise ConfigError naming the field's full dotted key path. The fields
+come from walking the schema, so a field added to pipeline/config.py without its cases fails
+test_every_field_has_its_cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from pipeline.config import (
+    ConfigError,
+    Data,
+    Experiment,
+    Loop,
+    Mlflow,
+    NNreliefSettings,
+    Optimizer,
+    Phase,
+    Report,
+    Study,
+    load_study,
+)
+from relief.data import DATASETS
+from relief.loop import REWINDS
+from relief.models import MODEL_NAMES
+from relief.nnrelief import RULES
+from relief.pruners import PRUNERS
+from relief.scores import CONV_NORMS
+from relief.train import PRECISIONS
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+EXPERIMENT = next(iter(BASE["experiments"]))
+DELETE = object()
+
+
+def one_of(values) -> str:
+    """How pydantic lists a Literal's allowed values."""
+    values = [repr(value) for value in values]
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+class Bad(NamedTuple):
+    value: Any
+    text: str  # what else the message must say
+    siblings: dict = {}  # set beside the field first (a constraint between fields)
+
+
+GE0, GE1 = "greater than or equal to 0", "greater than or equal to 1"
+EMPTY, NO_ITEMS = "at least 1 character", "at least 1 item"
+FINITE = "finite number"
+SECTION = "a section: each of its fields has its own cases"
+BOTH = "a bool: both values are valid"
+
+WRONG_TYPE = {  # a value of a type no coercion accepts, per model and field
+    Study: {
+        "study": ["default"],
+        "seeds": "0",
+        "pruners": "nnrelief",
+        "experiments": [EXPERIMENT],
+        "device": 0,
+        "threads": "four",
+        "runs_dir": 1,
+        "results_dir": ["results"],
+        "data": "data",
+        "mlflow": "sqlite:///mlflow.db",
+        "report": 1.0,
+    },
+    Data: {"root": 1, "mirrors": "/usr/share/datasets", "download": "maybe", "val_size": "many", "train_limit": "all"},
+    Mlflow: {"tracking_uri": 5000, "artifact_location": ["mlartifacts"]},
+    Report: {"accuracy_tolerance_pct": "high"},
+    Experiment: {
+        "dataset": ["fashion-mnist"],
+        "architectures": "lenet5",
+        "optimizers": ["adam"],
+        "pretrain": 3,
+        "retrain": "1 epoch",
+        "loop": [3],
+        "nnrelief": "paper",
+        "gpus": "one",
+        "precision": 16,
+        "channels_last": "maybe",
+    },
+    Phase: {"epochs": "three", "milestones": 2, "gamma": "tenth", "batch_size": 1.5, "weight_decay": None},
+    Optimizer: {"lr": "fast", "momentum": [0.9]},
+    Loop: {"num_iters": 2.5, "rewind": True, "rewind_epoch": "first", "prune_set_size": "all"},
+    NNreliefSettings: {"alpha_conv": "high", "alpha_fc": None, "conv_norm": 2, "rule": ["paper"]},
+}
+
+BAD_VALUE = {  # values of the right type that are out of range or not allowed, per model and field
+    Study: {
+        "study": [Bad("", EMPTY), Bad("my study!", "match pattern")],
+        "seeds": [Bad([], NO_ITEMS), Bad([0, -1], GE0)],
+        "pruners": [
+            Bad([], NO_ITEMS),
+            Bad(["nnrelief", "obd"], one_of(PRUNERS)),
+            Bad(["magnitude"], "must include 'nnrelief'"),
+        ],
+        "experiments": [
+            Bad({}, NO_ITEMS),
+            Bad({"a/b": BASE["experiments"][EXPERIMENT]}, "match pattern"),
+            Bad({"": BASE["experiments"][EXPERIMENT]}, EMPTY),
+        ],
+        "device": [Bad("tpu", "'auto', 'cpu' or 'cuda'")],
+        "threads": [Bad(0, GE1)],
+        "runs_dir": [Bad("", EMPTY)],
+        "results_dir": [Bad("", EMPTY)],
+    },
+    Data: {
+        "root": [Bad("", EMPTY)],
+        "mirrors": [Bad(["/usr/share/datasets/fashion-mnist", ""], EMPTY)],
+        "val_size": [Bad(-1, GE0)],
+        "train_limit": [Bad(0, GE1)],
+    },
+    Mlflow: {"tracking_uri": [Bad("", EMPTY)], "artifact_location": [Bad("", EMPTY)]},
+    Report: {"accuracy_tolerance_pct": [Bad(-0.5, GE0), Bad(math.inf, FINITE), Bad(math.nan, FINITE)]},
+    Experiment: {
+        "dataset": [Bad("imagenet", one_of(sorted(DATASETS)))],
+        "architectures": [Bad([], NO_ITEMS), Bad(["lenet5", "alexnet"], one_of(MODEL_NAMES))],
+        "optimizers": [Bad({}, NO_ITEMS), Bad({"rmsprop": {"lr": 0.1}}, "'adam' or 'sgd'")],
+        "gpus": [Bad(-1, GE0)],
+        "precision": [Bad("fp16", one_of(PRECISIONS))],
+    },
+    Phase: {
+        "epochs": [Bad(-1, GE0)],
+        "milestones": [Bad([0], GE1), Bad([2, -1], GE1)],
+        "gamma": [Bad(0, "greater than 0"), Bad(1.5, "less than or equal to 1")],
+        "batch_size": [Bad(0, GE1)],
+        "weight_decay": [Bad(-1e-4, GE0), Bad(math.inf, FINITE)],
+    },
+    Optimizer: {
+        "lr": [Bad(0, "greater than 0"), Bad(-0.1, "greater than 0"), Bad(math.inf, FINITE), Bad(math.nan, FINITE)],
+        "momentum": [Bad(-0.1, GE0), Bad(1.0, "less than 1")],
+    },
+    Loop: {
+        "num_iters": [Bad(0, GE1)],
+        "rewind": [Bad("best", one_of(REWINDS))],
+        "rewind_epoch": [
+            Bad(-1, GE0),
+            Bad(99, f"is past experiments.{EXPERIMENT}.pretrain.epochs", {"rewind": "epoch"}),
+        ],
+        "prune_set_size": [Bad(0, GE1)],
+    },
+    NNreliefSettings: {
+        "alpha_conv": [Bad(0, "greater than 0"), Bad(1.01, "less than or equal to 1")],
+        "alpha_fc": [Bad(-0.5, "greater than 0"), Bad(1.5, "less than or equal to 1")],
+        "conv_norm": [Bad("l2", one_of(CONV_NORMS))],
+        "rule": [Bad("mine", one_of(RULES))],
+    },
+}
+
+UNCONSTRAINED = {  # fields with no case of a bad value of the right type, and why
+    (Study, "data"): SECTION,
+    (Study, "mlflow"): SECTION,
+    (Study, "report"): SECTION,
+    (Experiment, "pretrain"): SECTION,
+    (Experiment, "retrain"): SECTION,
+    (Experiment, "loop"): SECTION,
+    (Experiment, "nnrelief"): SECTION,
+    (Data, "download"): BOTH,
+    (Experiment, "channels_last"): BOTH,
+}
+
+REQUIRED = {
+    Study: {"study", "seeds", "pruners", "experiments"},
+    Experiment: {"dataset", "architectures", "optimizers", "pretrain", "retrain", "loop"},
+    Phase: {"epochs"},
+    Optimizer: {"lr"},
+    Loop: {"num_iters"},
+}
+
+
+def is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def sections(model: type[BaseModel] = Study, path: tuple = ()) -> Iterator[tuple[tuple, type[BaseModel]]]:
+    """Every place a model sits in a study: the repo's experiment, and each optimizer the schema allows."""
+    yield path, model
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if is_model(annotation):
+            yield from sections(annotation, (*path, name))
+        elif get_origin(annotation) is dict and is_model(get_args(annotation)[1]):
+            key, value = get_args(annotation)
+            for entry in get_args(key) if get_origin(key) is Literal else (EXPERIMENT,):
+                yield from sections(value, (*path, name, entry))
+
+
+def fields() -> Iterator[tuple[tuple, type[BaseModel], str]]:
+    for path, model in sections():
+        for name in model.model_fields:
+            yield (*path, name), model, name
+
+
+def case(kind: str, path: tuple, value: Any, text: str, siblings: dict | None = None):
+    shown = "deleted" if value is DELETE else repr(value)[:30]
+    return pytest.param(path, value, text, siblings or {}, id=f"{kind}:{'.'.join(path)}={shown}")
+
+
+def cases() -> Iterator:
+    for path, model in sections():
+        allowed = f"unknown key; allowed keys here: {', '.join(sorted(model.model_fields))}"
+        yield case("unknown", (*path, "colour"), "red", allowed)
+    for path, model, name in fields():
+        if name in WRONG_TYPE.get(model, {}):
+            yield case("type", path, WRONG_TYPE[model][name], "")
+        for bad in BAD_VALUE.get(model, {}).get(name, []):
+            yield case("value", path, *bad)
+        if model.model_fields[name].is_required():
+            yield case("missing", path, DELETE, "Field required")
+
+
+def edit(config: dict, path: tuple, value: Any, siblings: dict) -> None:
+    *parents, last = path
+    for key in parents:
+        config = config[key]
+    config.update(siblings)
+    if value is DELETE:
+        del config[last]
+    else:
+        config[last] = copy.deepcopy(value)
+
+
+def names_path(message: str, path: tuple) -> bool:
+    """The message names `path` whole: not a longer key that starts with it (rewind in rewind_epoch)."""
+    return re.search(rf"(?<![\w.-]){re.escape('.'.join(path))}(?![\w-])", message) is not None
+
+
+@pytest.mark.parametrize("path, value, text, siblings", list(cases()))
+def test_a_bad_field_is_refused_with_its_path(path, value, text, siblings):
+    config = copy.deepcopy(BASE)
+    edit(config, path, value, siblings)
+    with pytest.raises(ConfigError) as caught:
+        load_study(config)
+    message = str(caught.value)
+    assert names_path(message, path), message
+    assert text in message, message
+
+
+def test_the_base_studies_are_valid():
+    for name in ("params.yaml", "configs/paper.yaml", "tests/studies/tiny.yaml"):
+        load_study(yaml.safe_load((REPO / name).read_text()))
+
+
+def test_every_field_has_its_cases():
+    found = list(fields())
+    models = {model for _, model, _ in found}
+    assert {Study, Data, Mlflow, Report, Experiment, Phase, Optimizer, Loop, NNreliefSettings} <= models
+    assert {path[-2] for path, model, _ in found if model is Phase} == {"pretrain", "retrain"}
+    assert {path[-2] for path, model, _ in found if model is Optimizer} == {"adam", "sgd"}
+    for path, model, name in found:
+        assert name in WRONG_TYPE.get(model, {}), f"{'.'.join(path)} has no wrong-type case"
+        has_value_case = name in BAD_VALUE.get(model, {})
+        assert has_value_case != ((model, name) in UNCONSTRAINED), (
+            f"{'.'.join(path)} needs a bad-value case or an UNCONSTRAINED reason (not both)"
+        )
+    table_fields = {(model, name) for table in (WRONG_TYPE, BAD_VALUE) for model in table for name in table[model]}
+    assert table_fields | set(UNCONSTRAINED) <= {(model, name) for _, model, name in found}, "a case for no field"
+    required = {model: {n for n, f in model.model_fields.items() if f.is_required()} for model in models}
+    assert {model: names for model, names in required.items() if names} == REQUIRED
+
+
+def test_an_experiment_named_like_a_field_lists_the_experiment_keys():
+    config = copy.deepcopy(BASE)
+    config["experiments"] = {"loop": {**BASE["experiments"][EXPERIMENT], "colour": "red"}}
+    with pytest.raises(
+        ConfigError,
+        match=rf"experiments\.loop\.colour: unknown key; allowed keys here: "
+        rf"{', '.join(sorted(Experiment.model_fields))}",
+    ):
+        load_study(config)
+
+
+def test_every_problem_is_listed_at_once():
+    config = copy.deepcopy(BASE)
+    edit(config, ("threads",), 0, {})
+    edit(config, ("experiments", EXPERIMENT, "loop", "num_iters"), "many", {})
+    edit(config, ("data", "colour"), "red", {})
+    with pytest.raises(ConfigError) as caught:
+        load_study(config)
+    message = str(caught.value)
+    assert "(3 problem(s))" in message
+    for path in (("threads",), ("experiments", EXPERIMENT, "loop", "num_iters"), ("data", "colour")):
+        assert names_path(message, path), message
