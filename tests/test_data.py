@@ -56,6 +56,7 @@ def unwritable(monkeypatch, folder: Path) -> None:
 
 # --- MNIST-family IDX files -------------------------------------------------------------------------------------------
 
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file of uint8 data: magic 0x08 with the number of dimensions, then big-endian sizes."""
     return struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
@@ -119,8 +120,9 @@ def test_file_url_mirror_is_a_local_folder_and_bad_mirrors_are_skipped(tmp_path,
     for file in spec.files:
         (bad / file.name).write_bytes(b"not gzip at all")
     before = snapshot(bad)
-    data = load("mnist", tmp_path / "data", mirrors=[str(tmp_path / "empty"), str(bad), mirror.as_uri()],
-                val_size=5, spec=spec)
+    data = load(
+        "mnist", tmp_path / "data", mirrors=[str(tmp_path / "empty"), str(bad), mirror.as_uri()], val_size=5, spec=spec
+    )
     assert len(data.test.labels) == N_TEST
     assert snapshot(bad) == before
     assert not list((tmp_path / "data").rglob(".relief-fetch-*"))
@@ -164,8 +166,11 @@ def test_url_mirror_downloads_with_the_archive_md5(tmp_path, idx_mirror, http_mi
 
 # --- real Fashion-MNIST -----------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"),  # CI must have it
-                    reason=f"{DEBIAN_FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist")
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"),  # CI must have it
+    reason=f"{DEBIAN_FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist",
+)
 def test_real_fashion_mnist_from_the_debian_package(tmp_path):
     data = load("fashion-mnist", tmp_path, mirrors=[str(DEBIAN_FASHION_MNIST)])
     assert (len(data.train.labels), len(data.val.labels), len(data.test.labels)) == (55_000, 5_000, 10_000)
@@ -175,6 +180,7 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path):
 
 
 # --- bad input --------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def loaded_root(tmp_path, idx_mirror):
@@ -192,7 +198,7 @@ def test_bad_file_in_the_data_folder_is_reported_and_left_alone(loaded_root, dam
     if damage == "flip a byte":
         data[1000] ^= 0xFF
     else:
-        del data[len(data) // 2:]
+        del data[len(data) // 2 :]
     path.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match=rf"(?s){path}.*MD5.*delete it yourself"):
         load("mnist", root, mirrors=[str(mirror)], val_size=5, spec=spec)
@@ -205,8 +211,11 @@ def test_bad_archive_in_the_data_folder_is_reported_and_left_alone(tmp_path, idx
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     good = (mirror / "train-labels-idx1-ubyte.gz").read_bytes()
-    bad = {"garbage": b"\x1f\x8b this is not gzip", "truncated gzip": good[: len(good) // 2],
-           "valid gzip, wrong content": gzip.compress(b"\x00\x00\x08\x01" + bytes(12))}[damage]
+    bad = {
+        "garbage": b"\x1f\x8b this is not gzip",
+        "truncated gzip": good[: len(good) // 2],
+        "valid gzip, wrong content": gzip.compress(b"\x00\x00\x08\x01" + bytes(12)),
+    }[damage]
     path = raw / "train-labels-idx1-ubyte.gz"
     path.write_bytes(bad)
     with pytest.raises(DatasetError, match=rf"(?s){path} failed verification.*delete it yourself"):
@@ -216,8 +225,11 @@ def test_bad_archive_in_the_data_folder_is_reported_and_left_alone(tmp_path, idx
 
 
 def test_missing_data_without_download(tmp_path):
-    with pytest.raises(DatasetError, match=r"(?s)download=False.*download=True.*mirrors.*apt-get install "
-                                           r"dataset-fashion-mnist"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)download=False.*download=True.*mirrors.*apt-get install "
+        r"dataset-fashion-mnist",
+    ):
         load("fashion-mnist", tmp_path, download=False)
     with pytest.raises(DatasetError, match=r"(?s)cifar-10-batches-py.*download=False.*cifar-10-python.tar.gz"):
         load("cifar10", tmp_path, download=False)
@@ -225,8 +237,11 @@ def test_missing_data_without_download(tmp_path):
 
 def test_every_mirror_failing_lists_what_was_tried(tmp_path):
     spec = replace(DATASETS["fashion-mnist"], urls=())
-    with pytest.raises(DatasetError, match=r"(?s)Tried:.*nowhere/train-images-idx3-ubyte.gz: not found.*"
-                                           r"apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)Tried:.*nowhere/train-images-idx3-ubyte.gz: not found.*"
+        r"apt-get install dataset-fashion-mnist",
+    ):
         load("fashion-mnist", tmp_path / "data", mirrors=[str(tmp_path / "nowhere")], spec=spec)
 
 
@@ -259,6 +274,7 @@ def test_unknown_dataset_name():
 
 # --- CIFAR ------------------------------------------------------------------------------------------------------------
 
+
 class Py2Str(bytes):
     """Pickled as a Python 2 str, as in the real CIFAR files (bytes under encoding="bytes", str under "latin1")."""
 
@@ -289,8 +305,12 @@ def cifar_archive(folder: Path, name: str, rng) -> tuple[Path, object, dict[str,
         sizes[member] = N_TEST if "test" in member else N_TRAIN // (len(members) - 2)
         data = rng.integers(0, 256, (sizes[member], 3072), dtype=np.uint8)
         labels = rng.integers(0, classes, sizes[member]).tolist()
-        batch = {Py2Str(b"batch_label"): Py2Str(member.encode()), Py2Str(label_key): labels,
-                 Py2Str(b"data"): data, Py2Str(b"filenames"): [Py2Str(b"x.png")] * sizes[member]}
+        batch = {
+            Py2Str(b"batch_label"): Py2Str(member.encode()),
+            Py2Str(label_key): labels,
+            Py2Str(b"data"): data,
+            Py2Str(b"filenames"): [Py2Str(b"x.png")] * sizes[member],
+        }
         if name == "cifar100":
             batch[Py2Str(b"coarse_labels")] = [label // 5 for label in labels]
         batches[member] = (data, labels, py2_pickle(batch))
@@ -303,8 +323,11 @@ def cifar_archive(folder: Path, name: str, rng) -> tuple[Path, object, dict[str,
             info = tarfile.TarInfo(f"{spec.folder}/{member}")
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
-    spec = replace(spec, files=(FileSpec(archive.name, md5(archive.read_bytes())),),
-                   members=tuple(FileSpec(member, md5(content)) for member, content in contents.items()))
+    spec = replace(
+        spec,
+        files=(FileSpec(archive.name, md5(archive.read_bytes())),),
+        members=tuple(FileSpec(member, md5(content)) for member, content in contents.items()),
+    )
     return archive, spec, batches
 
 
@@ -411,8 +434,10 @@ def test_tiny_imagenet_from_local_mirror_and_cache(tmp_path, tiny_mirror, monkey
             row = int(((image.float().mean((1, 2)) - train_colours).abs().max(1).values <= 3).nonzero()[0])
             assert label == train_labels[row]
     val = root / "tiny-imagenet-200" / "val"
-    assert not (val / "images").exists() and sorted(p.name for p in (val / "n01").iterdir()) == ["val_2.JPEG",
-                                                                                                  "val_3.JPEG"]
+    assert not (val / "images").exists() and sorted(p.name for p in (val / "n01").iterdir()) == [
+        "val_2.JPEG",
+        "val_3.JPEG",
+    ]
     # The cache answers from now on, also read-only: no image is decoded again.
     monkeypatch.setattr("relief.data.tiny_imagenet.ImageFolder", None)
     unwritable(monkeypatch, root)
@@ -449,10 +474,20 @@ def test_bad_tiny_imagenet_files(tmp_path, tiny_mirror):
 
 # --- batches and the pruning set --------------------------------------------------------------------------------------
 
+
 def dataset(images: torch.Tensor, mean=(0.5,), std=(0.25,), augment=False) -> Dataset:
     split = Split(images, torch.arange(len(images)))
-    return Dataset(name="t", train=split, val=split, test=split, mean=mean, std=std, num_classes=len(images),
-                   input_shape=tuple(images.shape[1:]), augment=augment)
+    return Dataset(
+        name="t",
+        train=split,
+        val=split,
+        test=split,
+        mean=mean,
+        std=std,
+        num_classes=len(images),
+        input_shape=tuple(images.shape[1:]),
+        augment=augment,
+    )
 
 
 def test_normalisation():
@@ -474,8 +509,9 @@ def test_batches_order_and_sizes():
     assert torch.cat([labels for _, labels in plain]).tolist() == list(range(25))
 
     def order(seed):
-        batches = data.batches(data.train, 10, shuffle=True, augment=False,
-                               generator=torch.Generator().manual_seed(seed))
+        batches = data.batches(
+            data.train, 10, shuffle=True, augment=False, generator=torch.Generator().manual_seed(seed)
+        )
         return torch.cat([labels for _, labels in batches])
 
     assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
@@ -489,8 +525,9 @@ def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """`image` moved by (dy, dx) pixels, zeros coming in: the crop at offset (4 - dy, 4 - dx) of the padded image."""
     out = torch.zeros_like(image)
     height, width = image.shape[-2:]
-    out[..., max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
-        image[..., max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    out[..., max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = image[
+        ..., max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+    ]
     return out
 
 
@@ -498,8 +535,12 @@ def test_augmentation_is_a_shift_of_at_most_4_pixels_then_maybe_a_flip():
     image = torch.randint(1, 256, (3, 10, 12), dtype=torch.uint8)  # no zero pixel: every shift and flip is distinct
     augmented = random_crop_flip(image.expand(300, -1, -1, -1), torch.Generator().manual_seed(0))
     assert augmented.shape == (300, 3, 10, 12) and augmented.dtype == torch.uint8
-    candidates = {(dy, dx, flip): shifted(image, dy, dx).flip(-1) if flip else shifted(image, dy, dx)
-                  for dy in range(-4, 5) for dx in range(-4, 5) for flip in (False, True)}
+    candidates = {
+        (dy, dx, flip): shifted(image, dy, dx).flip(-1) if flip else shifted(image, dy, dx)
+        for dy in range(-4, 5)
+        for dx in range(-4, 5)
+        for flip in (False, True)
+    }
     seen = [[key for key, candidate in candidates.items() if torch.equal(out, candidate)] for out in augmented]
     assert all(len(keys) == 1 for keys in seen)
     seen = {keys[0] for keys in seen}

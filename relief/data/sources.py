@@ -182,8 +182,10 @@ def how_to_get(spec: DatasetSpec, name: str) -> str:
 
 
 def missing_error(spec: DatasetSpec, file: FileSpec, what: str, looked_in: Path) -> DatasetError:
-    return DatasetError(f"{spec.name}: {what} is not in {looked_in} and download=False, so nothing was fetched. "
-                        f"{how_to_get(spec, file.name)}")
+    return DatasetError(
+        f"{spec.name}: {what} is not in {looked_in} and download=False, so nothing was fetched. "
+        f"{how_to_get(spec, file.name)}"
+    )
 
 
 def md5_problem(path: Path, expected: str | None) -> str | None:
@@ -229,8 +231,9 @@ def _local_folder(mirror: str) -> Path | None:
     return None if "://" in mirror else Path(mirror).expanduser()
 
 
-def fetch(spec: DatasetSpec, file: FileSpec, scratch: Path, mirrors: Sequence[str],
-          check: Callable[[Path], str | None]) -> Path:
+def fetch(
+    spec: DatasetSpec, file: FileSpec, scratch: Path, mirrors: Sequence[str], check: Callable[[Path], str | None]
+) -> Path:
     """Put `file` into `scratch` from the first of `mirrors` and then `spec.urls` whose copy passes `check`.
 
     URLs go through torchvision's download_url with the file's MD5; local folders are copied from. `check` returns
@@ -348,11 +351,15 @@ def read_cifar(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: 
     base = getattr(torchvision.datasets, spec.torchvision_class)
     md5 = {member.name: member.md5 for member in spec.members}
     # torchvision re-checks the batch files against its own MD5s: hand it the spec's.
-    reader = type(base.__name__, (base,), {
-        "train_list": [[name, md5[name]] for name, _ in base.train_list],
-        "test_list": [[name, md5[name]] for name, _ in base.test_list],
-        "meta": {**base.meta, "md5": md5[base.meta["filename"]]},
-    })
+    reader = type(
+        base.__name__,
+        (base,),
+        {
+            "train_list": [[name, md5[name]] for name, _ in base.train_list],
+            "test_list": [[name, md5[name]] for name, _ in base.test_list],
+            "meta": {**base.meta, "md5": md5[base.meta["filename"]]},
+        },
+    )
 
     def split(train: bool) -> Images:
         data = reader(root, train=train, download=False)

@@ -65,15 +65,19 @@ def _sort_val(folder: Path) -> None:
             target.parent.mkdir(exist_ok=True)
             os.replace(source, target)
         elif not target.exists():
-            raise DatasetError(f"{source}, listed in {val / 'val_annotations.txt'}, is missing; delete {folder} and "
-                               "load again to extract it afresh")
+            raise DatasetError(
+                f"{source}, listed in {val / 'val_annotations.txt'}, is missing; delete {folder} and "
+                "load again to extract it afresh"
+            )
     try:
         (val / "images").rmdir()
     except FileNotFoundError:
         pass
     except OSError as error:
-        raise DatasetError(f"{val / 'images'} holds images not listed in val_annotations.txt ({error}); delete "
-                           f"{folder} and load again to extract it afresh") from error
+        raise DatasetError(
+            f"{val / 'images'} holds images not listed in val_annotations.txt ({error}); delete "
+            f"{folder} and load again to extract it afresh"
+        ) from error
     (val / _VAL_DONE).touch()
 
 
@@ -81,15 +85,19 @@ def _decode(folder: Path, classes: list[str] | None = None) -> tuple[Images, lis
     """Decode every image of an ImageFolder into one (N, 3, 64, 64) uint8 tensor."""
     found = ImageFolder(folder)
     if classes is not None and found.classes != classes:
-        raise DatasetError(f"{folder} has classes {found.classes[:5]}... unlike train's {classes[:5]}...; delete "
-                           f"{folder.parent} and load again to extract it afresh")
+        raise DatasetError(
+            f"{folder} has classes {found.classes[:5]}... unlike train's {classes[:5]}...; delete "
+            f"{folder.parent} and load again to extract it afresh"
+        )
     images = torch.empty(len(found), 3, 64, 64, dtype=torch.uint8)
     for index in tqdm(range(len(found)), desc=f"decoding {folder}", unit="image", leave=False):
         image = pil_to_tensor(found[index][0])  # ImageFolder's loader: PIL, converted to RGB
         if image.shape != images.shape[1:]:
             path = found.samples[index][0]
-            raise DatasetError(f"{path} is {tuple(image.shape)}, expected 3x64x64; the Tiny-ImageNet folder "
-                               f"{folder.parent} is not the official release")
+            raise DatasetError(
+                f"{path} is {tuple(image.shape)}, expected 3x64x64; the Tiny-ImageNet folder "
+                f"{folder.parent} is not the official release"
+            )
         images[index] = image
     return (images, torch.tensor(found.targets, dtype=torch.int64)), found.classes
 
