@@ -2,7 +2,8 @@
 
 Loads of generated files pass `spec=dataclasses.replace(DATASETS[name], ...)` carrying the generated files' checksums,
 so the real fetching, verification and reading code runs. Tests run as root in CI, where permission bits do not stop
-writes: an unwritable folder is simulated by making os.access report it unwritable (and chmod 0o555 as well).
+writes: a read-only folder is chmod'ed and made to look unwritable to os.access, which relief asks before writing, and
+a snapshot of it taken before the load must equal the one after, which no write by any path (even root's) leaves.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """The bytes of every file and every folder (None) under `folder`."""
+    return {str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes() for path in folder.rglob("*")}
 
 
 def unwritable(monkeypatch, folder: Path) -> None:
-    """Make `folder` read-only, also for root: os.access reports everything inside it unwritable."""
-    folder.chmod(0o555)
+    """Make `folder` and all in it read-only, also for root: os.access reports everything inside it unwritable."""
+    for path in (*folder.rglob("*"), folder):
+        path.chmod(0o555 if path.is_dir() else 0o444)
     real_access = os.access
 
     def access(path, mode, **kwargs):
@@ -224,47 +227,55 @@ def test_bad_archive_in_the_data_folder_is_reported_and_left_alone(tmp_path, idx
     assert not (raw / "train-labels-idx1-ubyte").exists()
 
 
-def test_missing_data_without_download(tmp_path):
-    with pytest.raises(
-        DatasetError,
-        match=r"(?s)download=False.*download=True.*mirrors.*apt-get install "
-        r"dataset-fashion-mnist",
-    ):
-        load("fashion-mnist", tmp_path, download=False)
-    with pytest.raises(DatasetError, match=r"(?s)cifar-10-batches-py.*download=False.*cifar-10-python.tar.gz"):
-        load("cifar10", tmp_path, download=False)
-
-
-def test_every_mirror_failing_lists_what_was_tried(tmp_path):
-    spec = replace(DATASETS["fashion-mnist"], urls=())
-    with pytest.raises(
-        DatasetError,
-        match=r"(?s)Tried:.*nowhere/train-images-idx3-ubyte.gz: not found.*"
-        r"apt-get install dataset-fashion-mnist",
-    ):
-        load("fashion-mnist", tmp_path / "data", mirrors=[str(tmp_path / "nowhere")], spec=spec)
-
-
-def test_unwritable_folder_that_must_be_written_to(tmp_path, idx_mirror, monkeypatch):
-    mirror, spec, _ = idx_mirror
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_a_missing_dataset_says_how_to_get_it(tmp_path, name):
+    spec = DATASETS[name]
     root = tmp_path / "data"
-    root.mkdir()
+    with pytest.raises(DatasetError) as offline:
+        load(name, root, download=False)
+    with pytest.raises(DatasetError) as unreachable:
+        load(name, root, mirrors=[str(tmp_path / "nowhere")], spec=replace(spec, urls=()))
+    assert "download=False, so nothing was fetched" in str(offline.value)
+    assert f"Tried:\n  - {tmp_path / 'nowhere' / spec.files[0].name}: not found" in str(unreachable.value)
+    for message in (str(offline.value), str(unreachable.value)):
+        assert spec.files[0].name in message and "download=True" in message and "mirrors" in message, message
+        assert spec.offline_hint in message
+    assert "apt-get install dataset-fashion-mnist" in DATASETS["fashion-mnist"].offline_hint
+    assert not [path for path in root.rglob("*") if not path.is_dir()]
+
+
+@pytest.fixture(params=["mnist", "cifar10", "tiny-imagenet"])
+def any_mirror(request, tmp_path) -> tuple[str, Path, object]:
+    """(name, mirror folder, spec) for a dataset of each format."""
+    name = request.param
+    if name == "mnist":
+        mirror, spec, _ = request.getfixturevalue("idx_mirror")
+        return name, mirror, spec
+    if name == "cifar10":
+        (tmp_path / "mirror").mkdir()
+        return name, tmp_path / "mirror", cifar_archive(tmp_path / "mirror", name, np.random.default_rng(4))[1]
+    return name, request.getfixturevalue("tiny_mirror"), DATASETS[name]
+
+
+def test_unwritable_folder_that_must_be_written_to(tmp_path, any_mirror, monkeypatch):
+    name, mirror, spec = any_mirror
+    root = tmp_path / "data"
+    (root / "kept").mkdir(parents=True)
     unwritable(monkeypatch, root)
     with pytest.raises(DatasetError, match=rf"{root} is not writable"):
-        load("mnist", root, mirrors=[str(mirror)], val_size=5, spec=spec)
+        load(name, root, mirrors=[str(mirror)], val_size=3, spec=spec)
+    assert snapshot(root) == {"kept": None}
 
 
-def test_read_only_folder_with_valid_files_works(loaded_root, monkeypatch):
-    root, _, _, spec = loaded_root
+def test_read_only_folder_with_valid_files_works(tmp_path, any_mirror, monkeypatch):
+    name, mirror, spec = any_mirror
+    root = tmp_path / "data"
+    first = load(name, root, mirrors=[str(mirror)], val_size=3, spec=spec)
     unwritable(monkeypatch, root)
-    folders = [path for path in root.rglob("*") if path.is_dir()]
-    for folder in folders:
-        folder.chmod(0o555)
-    try:
-        assert len(load("mnist", root, val_size=5, spec=spec, download=False).test.labels) == N_TEST
-    finally:
-        for folder in (root, *folders):
-            folder.chmod(0o755)
+    before = snapshot(root)
+    again = load(name, root, val_size=3, spec=spec, download=False)
+    assert torch.equal(again.train.images, first.train.images) and torch.equal(again.test.labels, first.test.labels)
+    assert snapshot(root) == before
 
 
 def test_unknown_dataset_name():
@@ -371,8 +382,28 @@ def test_bad_cifar_archive_in_the_mirror_is_skipped(tmp_path):
     mirror.mkdir()
     archive, spec, _ = cifar_archive(mirror, "cifar10", np.random.default_rng(3))
     archive.write_bytes(archive.read_bytes()[:100])
+    damaged = archive.read_bytes()
     with pytest.raises(DatasetError, match=rf"(?s){archive}: MD5 is .*"):
         load("cifar10", tmp_path / "data", mirrors=[str(mirror)], val_size=6, spec=replace(spec, urls=()))
+    assert archive.read_bytes() == damaged
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_bad_cifar_archive_in_the_data_folder_is_reported_and_left_alone(tmp_path, damage):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good, spec, _ = cifar_archive(mirror, "cifar10", np.random.default_rng(5))
+    data = bytearray(good.read_bytes())
+    if damage == "flip a byte":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[-100:]
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / good.name).write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"(?s){root / good.name} failed verification: MD5.*delete it yourself"):
+        load("cifar10", root, mirrors=[str(mirror)], val_size=6, spec=spec)
+    assert snapshot(root) == {good.name: bytes(data)}
 
 
 # --- Tiny-ImageNet ----------------------------------------------------------------------------------------------------
@@ -456,20 +487,63 @@ def test_tiny_imagenet_val_sorting_resumes(tmp_path, tiny_mirror):
     assert len(load("tiny-imagenet", root, val_size=3, download=False).test.labels) == 6
 
 
-def test_bad_tiny_imagenet_files(tmp_path, tiny_mirror):
+def zip_with(archive: Path, changes: dict[str, bytes | None]) -> bytes:
+    """The bytes of `archive` with members replaced (bytes) or left out (None)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(archive) as old, zipfile.ZipFile(buffer, "w") as new:
+        for item in old.infolist():
+            data = changes.get(item.filename, old.read(item))
+            if data is not None:
+                new.writestr(item, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("not a zip", "not a readable archive"),
+        ("truncated", "not a readable archive"),
+        ("no wnids.txt", "has no tiny-imagenet-200/wnids.txt"),
+    ],
+)
+def test_bad_tiny_imagenet_archive_is_reported_and_left_alone(tmp_path, tiny_mirror, damage, problem):
+    good = tiny_mirror / "tiny-imagenet-200.zip"
+    bad = {
+        "not a zip": b"PK\x03\x04 not really a zip",
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],
+        "no wnids.txt": zip_with(good, {"tiny-imagenet-200/wnids.txt": None}),
+    }[damage]
     root = tmp_path / "data"
     root.mkdir()
-    archive = root / "tiny-imagenet-200.zip"
-    archive.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DatasetError, match=rf"{archive} failed verification: not a readable archive"):
-        load("tiny-imagenet", root, val_size=3)
-    assert archive.read_bytes() == b"PK\x03\x04 not really a zip"
-    archive.unlink()
+    (root / good.name).write_bytes(bad)
+    with pytest.raises(DatasetError, match=rf"{root / good.name} failed verification: {problem}"):
+        load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    assert snapshot(root) == {good.name: bad}
+
+
+def test_bad_tiny_imagenet_cache_is_reported_and_left_alone(tmp_path, tiny_mirror):
+    root = tmp_path / "data"
     load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
     cache = root / "tiny-imagenet-200" / "uint8-tensors.pt"
     cache.write_bytes(cache.read_bytes()[:1000])
+    before = snapshot(root)
     with pytest.raises(DatasetError, match=rf"{cache} failed verification: not a readable tensor cache"):
-        load("tiny-imagenet", root, val_size=3)
+        load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an image"])
+def test_unreadable_tiny_imagenet_image_is_reported_and_never_trained_on(tmp_path, tiny_mirror, damage):
+    archive = tiny_mirror / "tiny-imagenet-200.zip"
+    image = jpeg(colour("n01", 1, False))
+    bad = image[: len(image) // 2] if damage == "truncated" else b"not a JPEG"
+    archive.write_bytes(zip_with(archive, {"tiny-imagenet-200/train/n01/images/n01_1.JPEG": bad}))
+    root = tmp_path / "data"
+    path = root / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_1.JPEG"
+    for _ in range(2):  # extracted by the first load, found again in the folder by the second
+        with pytest.raises(DatasetError, match=rf"{path} is not a readable image"):
+            load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    assert path.read_bytes() == bad and not (path.parents[3] / "uint8-tensors.pt").exists()
 
 
 # --- batches and the pruning set --------------------------------------------------------------------------------------

@@ -91,9 +91,15 @@ def _decode(folder: Path, classes: list[str] | None = None) -> tuple[Images, lis
         )
     images = torch.empty(len(found), 3, 64, 64, dtype=torch.uint8)
     for index in tqdm(range(len(found)), desc=f"decoding {folder}", unit="image", leave=False):
-        image = pil_to_tensor(found[index][0])  # ImageFolder's loader: PIL, converted to RGB
+        path = found.samples[index][0]
+        try:
+            image = pil_to_tensor(found.loader(path))  # PIL, converted to RGB
+        except (OSError, ValueError) as error:  # truncated, or not an image at all
+            raise DatasetError(
+                f"{path} is not a readable image ({type(error).__name__}: {error}); delete {folder.parent} and "
+                "load again to extract it afresh from an intact archive"
+            ) from error
         if image.shape != images.shape[1:]:
-            path = found.samples[index][0]
             raise DatasetError(
                 f"{path} is {tuple(image.shape)}, expected 3x64x64; the Tiny-ImageNet folder "
                 f"{folder.parent} is not the official release"
