@@ -2,7 +2,9 @@
 
 Every stage leaves a checkpoint in ``out_dir``; calling :func:`run_loop` again with the same arguments resumes from
 the last completed iteration (and, within a retraining, from its last completed epoch), and ends with the same
-masks and metrics as an uninterrupted run on CPU.
+masks and metrics as an uninterrupted run on CPU. Each checkpoint records the run that wrote it (seed, configs,
+architecture, data, pruner): a folder of another run is refused, never resumed from. A larger ``num_iters``
+continues a finished run.
 
     out_dir/init.pt           initial weights            out_dir/rewind.pt     weights to rewind to ("epoch")
     out_dir/dense.pt          trained dense model         out_dir/iter_03.pt    model, masks, optimizer, metrics
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import torch
@@ -72,10 +74,12 @@ def run_loop(
     device = data.train.images.device
     torch.manual_seed(seed)
     model = build_model().to(device)
-    init = _load_or_save(out_dir / "init.pt", model)
-    model.load_state_dict(init)
-    dense = _dense(model, data, pretrain, loop, out_dir, seed, progress)
-    rewind_state = None if loop.rewind == "none" else _rewind_state(loop, out_dir, init)
+    trained = _dense_run(model, data, pretrain, loop, seed)
+    run = {**trained, "pruner": _settings(pruner), "retrain": asdict(retrain), "loop": _loop_settings(loop)}
+    init = _load_or_save(out_dir / "init.pt", model, trained)
+    checkpoints.load_into(model, init, out_dir / "init.pt")
+    dense = _dense(model, data, pretrain, loop, out_dir, seed, progress, trained)
+    rewind_state = None if loop.rewind == "none" else _rewind_state(loop, out_dir, init, trained)
     images, labels = data.pruning_set(loop.prune_set_size, seed)
     example = images[:_EXAMPLE_IMAGES]
 
@@ -83,10 +87,11 @@ def run_loop(
     masks: Masks = {}
     iterations: list[dict] = []
     if done:
-        state = checkpoints.load(done[-1], map_location=device)
+        state = checkpoints.load(done[-1], map_location=device, run=run)
         masks, iterations = state["masks"], state["metrics"]
+        _check_targets(pruner, iterations, done[-1])
         apply_masks(model, masks)
-        model.load_state_dict(state["model"])
+        checkpoints.load_into(model, state["model"], done[-1])
     for iteration in range(len(iterations) + 1, loop.num_iters + 1):
         masks = pruner(model, images, labels, masks, iteration)
         apply_masks(model, masks)
@@ -114,7 +119,8 @@ def run_loop(
         record["collapsed"] = bool(record["collapsed_layers"]) or record["at_chance"]
         iterations.append(record)
         checkpoints.save(
-            {"model": model.state_dict(), "masks": masks, "optimizer": result.optimizer_state, "metrics": iterations},
+            {"model": model.state_dict(), "masks": masks, "optimizer": result.optimizer_state, "metrics": iterations,
+             "run": run},
             out_dir / f"iter_{iteration:02d}.pt",
         )
         shutil.rmtree(stage, ignore_errors=True)
@@ -132,16 +138,46 @@ def run_loop(
     return summary
 
 
-def _dense(model, data, pretrain, loop, out_dir, seed, progress) -> dict:
+def _dense_run(model: nn.Module, data: Dataset, pretrain: TrainConfig, loop: LoopConfig, seed: int) -> dict:
+    """What the dense files (init.pt, dense.pt, rewind.pt) depend on; a pruning run adds its own settings."""
+    run = {"seed": seed, "architecture": checkpoints.architecture(model), "dataset": data.name,
+           "train_images": len(data.train.labels), "pretrain": asdict(pretrain)}
+    if loop.rewind == "epoch":
+        run["rewind_epoch"] = loop.rewind_epoch
+    return run
+
+
+def _settings(pruner: Pruner) -> dict:
+    """The pruner's name and scalar settings (its targets are checked iteration by iteration instead)."""
+    values = asdict(pruner) if is_dataclass(pruner) else {}
+    return {"name": pruner.name, **{k: v for k, v in values.items() if isinstance(v, int | float | str | bool | None)}}
+
+
+def _loop_settings(loop: LoopConfig) -> dict:
+    """The loop's settings but the number of iterations: a finished run can be continued with more."""
+    return {k: v for k, v in asdict(loop).items() if k != "num_iters"}
+
+
+def _check_targets(pruner: Pruner, iterations: list[dict], path: Path) -> None:
+    for record in iterations:
+        recorded, asked = record["target_prunable_remaining"], _target(pruner, record["iteration"])
+        if recorded != asked:
+            raise checkpoints.CheckpointError(
+                f"{path} was written by a run that pruned iteration {record['iteration']} to {recorded} prunable "
+                f"weights+biases, and this run's target is {asked}; use a new folder for this run"
+            )
+
+
+def _dense(model, data, pretrain, loop, out_dir, seed, progress, run) -> dict:
     path = out_dir / "dense.pt"
     if path.exists():
-        state = checkpoints.load(path, map_location=data.train.images.device)
-        model.load_state_dict(state["model"])
+        state = checkpoints.load(path, map_location=data.train.images.device, run=run)
+        checkpoints.load_into(model, state["model"], path)
         return state["metrics"]
 
     def keep_rewind_weights(epoch, trained):
         if loop.rewind == "epoch" and epoch == loop.rewind_epoch:
-            checkpoints.save({"model": trained.state_dict()}, out_dir / "rewind.pt")
+            checkpoints.save({"model": trained.state_dict(), "run": run}, out_dir / "rewind.pt")
 
     result = train(model, data, pretrain, seed=seed, checkpoint=out_dir / "dense" / "epoch.pt", progress=progress,
                    description="dense", on_epoch_end=keep_rewind_weights)
@@ -152,23 +188,24 @@ def _dense(model, data, pretrain, loop, out_dir, seed, progress) -> dict:
         "train_history": result.history,
         **metrics.summarise(model, {}, images),
     }
-    checkpoints.save({"model": model.state_dict(), "metrics": dense}, path)
+    checkpoints.save({"model": model.state_dict(), "metrics": dense, "run": run}, path)
     shutil.rmtree(out_dir / "dense", ignore_errors=True)
     return dense
 
 
-def _load_or_save(path: Path, model: nn.Module) -> dict:
+def _load_or_save(path: Path, model: nn.Module, run: dict) -> dict:
     if path.exists():
-        return checkpoints.load(path, map_location=next(model.parameters()).device)
+        return checkpoints.load(path, map_location=next(model.parameters()).device, run=run)["model"]
     state = {name: value.clone() for name, value in model.state_dict().items()}
-    checkpoints.save(state, path)
+    checkpoints.save({"model": state, "run": run}, path)
     return state
 
 
-def _rewind_state(loop: LoopConfig, out_dir: Path, init: dict) -> dict:
+def _rewind_state(loop: LoopConfig, out_dir: Path, init: dict, run: dict) -> dict:
     if loop.rewind == "init" or loop.rewind_epoch == 0:
         return init
-    return checkpoints.load(out_dir / "rewind.pt", map_location=next(iter(init.values())).device)["model"]
+    device = next(iter(init.values())).device
+    return checkpoints.load(out_dir / "rewind.pt", map_location=device, run=run)["model"]
 
 
 @torch.no_grad()

@@ -94,7 +94,8 @@ def train(
     """Train ``model`` in place on ``data.train`` for ``config.epochs`` epochs.
 
     ``seed`` fixes the data order, the augmentation and dropout. With ``checkpoint``, the state after every epoch
-    is saved there (atomically) and a later call resumes from it, giving the same result as an uninterrupted run.
+    is saved there (atomically) and a later call resumes from it, giving the same result as an uninterrupted run;
+    a checkpoint of another training (other config, seed or starting weights) is refused.
     ``on_epoch_end(epoch, model)`` runs after each epoch (1-based), before that epoch's checkpoint is written.
     Raises :class:`Divergence`, naming the epoch and step, when the loss is not finite.
     """
@@ -105,14 +106,10 @@ def train(
     generator = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     history: list[dict] = []
+    run = {"config": asdict(config), "seed": seed, "start": checkpoints.fingerprint(model.state_dict())}
     if checkpoint is not None and Path(checkpoint).exists():
-        state = checkpoints.load(checkpoint, map_location=device)
-        if state["config"] != asdict(config):
-            raise ValueError(
-                f"checkpoint {checkpoint} was written for training config {state['config']}, not {asdict(config)}; "
-                "delete it or use the config it was made with"
-            )
-        model.load_state_dict(state["model"])
+        state = checkpoints.load(checkpoint, map_location=device, run=run)
+        checkpoints.load_into(model, state["model"], checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -149,7 +146,7 @@ def train(
             checkpoints.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                "config": asdict(config),
+                "run": run,
             }, checkpoint)
     return TrainResult(
         test_accuracy_pct=evaluate(model, data, data.test),

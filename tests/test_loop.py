@@ -2,29 +2,36 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from synthetic import synthetic_dataset
 
 from relief import checkpoints, models
+from relief.checkpoints import CheckpointError
 from relief.loop import LoopConfig, run_loop
-from relief.pruners import NNrelief
+from relief.pruners import Magnitude, NNrelief
 from relief.train import TrainConfig
 
 SHAPE = (1, 8, 8)
 JOB = Path(__file__).parent / "loop_job.py"
 
 
-def _run(out_dir, rewind="none", num_iters=2):
+def _lenet(num_classes=4):
+    return models.build("lenet300-100", num_classes, SHAPE)
+
+
+def _run(out_dir, rewind="none", num_iters=2, *, seed=1, pruner=None, retrain=None, build=_lenet):
     return run_loop(
-        lambda: models.build("lenet300-100", 4, SHAPE), synthetic_dataset(shape=SHAPE), NNrelief(alpha_fc=0.9),
-        TrainConfig(epochs=2, lr=1e-3), TrainConfig(epochs=1, lr=1e-3), LoopConfig(num_iters, rewind, 0, 100),
-        out_dir, seed=1, progress=False,
+        build, synthetic_dataset(shape=SHAPE),
+        pruner or NNrelief(alpha_fc=0.9), TrainConfig(epochs=2, lr=1e-3), retrain or TrainConfig(epochs=1, lr=1e-3),
+        LoopConfig(num_iters, rewind, 0, 100), out_dir, seed=seed, progress=False,
     )
 
 
@@ -55,7 +62,7 @@ def test_rewinding_to_init_restarts_from_the_initial_weights_with_the_masks(tmp_
 
     monkeypatch.setattr(loop_module, "train", spy)
     _run(tmp_path, rewind="init", num_iters=1)
-    init = checkpoints.load(tmp_path / "init.pt")
+    init = checkpoints.load(tmp_path / "init.pt")["model"]
     masks = checkpoints.load(tmp_path / "iter_01.pt")["masks"]
     weight = seen[0]["classifier.0.parametrizations.weight.original"]
     mask = masks["classifier.0.weight"]
@@ -95,8 +102,6 @@ def test_kill_9_mid_iteration_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_a_collapsed_run_is_recorded_not_crashed(tmp_path):
-    from relief.pruners import Magnitude
-
     result = run_loop(
         lambda: models.build("lenet300-100", 4, SHAPE), synthetic_dataset(shape=SHAPE), Magnitude(targets=(3,)),
         TrainConfig(epochs=1, lr=1e-3), TrainConfig(epochs=1, lr=1e-3), LoopConfig(1, "none", 0, 100),
@@ -105,3 +110,44 @@ def test_a_collapsed_run_is_recorded_not_crashed(tmp_path):
     record = result["iterations"][0]
     assert record["parameters"]["prunable_remaining"] == record["target_prunable_remaining"] == 3
     assert record["collapsed"] and record["collapsed_layers"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": 2}, "init.pt was written by another run.*seed: 1 there, 2 here"),
+        ({"pruner": NNrelief(alpha_fc=0.5)}, "iter_02.pt was written by another run.*alpha_fc"),
+        ({"retrain": TrainConfig(epochs=2, lr=1e-3)}, "iter_02.pt was written by another run.*retrain"),
+        ({"build": lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))},
+         "init.pt was written by another run.*architecture"),
+        ({"pruner": Magnitude(targets=(100, 50))}, "iter_02.pt was written by another run.*magnitude"),
+    ],
+)
+def test_a_folder_of_another_run_is_refused_and_left_untouched(finished, tmp_path, change, message):
+    """Resuming from another run's files would silently mix two runs: the loop refuses before it changes a file."""
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    with pytest.raises(CheckpointError, match=message):
+        _run(tmp_path, **change)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_a_baseline_with_other_targets_is_refused(tmp_path):
+    _run(tmp_path, pruner=Magnitude(targets=(100, 50)))
+    with pytest.raises(CheckpointError, match="pruned iteration 1 to 100 .* this run's target is 90"):
+        _run(tmp_path, pruner=Magnitude(targets=(90, 50)))
+
+
+def test_more_iterations_continue_a_finished_run(finished, tmp_path):
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    more = _run(tmp_path, num_iters=3)
+    assert more["iterations"][:2] == first["iterations"] and len(more["iterations"]) == 3
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-iteration NNrelief run (seed 1), to be copied."""
+    folder = tmp_path_factory.mktemp("finished")
+    _run(folder)
+    return folder

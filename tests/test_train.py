@@ -4,7 +4,8 @@ import pytest
 import torch
 from synthetic import synthetic_dataset
 
-from relief import models
+from relief import checkpoints, models
+from relief.checkpoints import CheckpointError
 from relief.train import Divergence, TrainConfig, evaluate, make_optimizer, train
 
 SHAPE = (1, 8, 8)
@@ -62,11 +63,43 @@ def test_resuming_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
 
 
-def test_a_checkpoint_from_another_config_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": TrainConfig(epochs=2, lr=1e-2)}, "another run.*config"),
+        ({"seed": 1}, "another run.*seed"),
+        ({"init_seed": 1}, "another run.*start"),
+    ],
+)
+def test_a_checkpoint_of_another_training_is_refused(tmp_path, change, message):
+    """Another config, seed or starting weights: refused, and the model is left as it was."""
     data = synthetic_dataset(shape=SHAPE)
     _fit(0, TrainConfig(epochs=1, lr=1e-3), data, checkpoint=tmp_path / "epoch.pt")
-    with pytest.raises(ValueError, match="different|not"):
-        _fit(0, TrainConfig(epochs=2, lr=1e-2), data, checkpoint=tmp_path / "epoch.pt")
+    torch.manual_seed(change.get("init_seed", 0))
+    model = models.build("lenet300-100", data.num_classes, SHAPE)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        train(model, data, change.get("config", TrainConfig(epochs=1, lr=1e-3)), seed=change.get("seed", 0),
+              checkpoint=tmp_path / "epoch.pt", progress=False)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_weights_of_another_architecture_are_never_loaded_half_way(tmp_path):
+    lenet5 = models.build("lenet5", 10, (1, 28, 28))
+    checkpoints.save({"model": lenet5.state_dict()}, tmp_path / "other.pt")
+    model = models.build("lenet300-100", 10, (1, 28, 28))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="do not fit LeNet300_100.*nothing was loaded"):
+        checkpoints.load_into(model, checkpoints.load(tmp_path / "other.pt")["model"], tmp_path / "other.pt")
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path):
+    path = tmp_path / "epoch.pt"
+    checkpoints.save({"model": {}}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="epoch.pt is not a readable checkpoint"):
+        checkpoints.load(path)
 
 
 def test_a_diverging_loss_stops_with_epoch_and_step():
