@@ -69,6 +69,8 @@ def run_loop(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for unfinished in out_dir.rglob(".*.tmp"):  # left by a write that a crash cut short; never loaded
+        unfinished.unlink()
     if loop.rewind == "epoch" and loop.rewind_epoch > pretrain.epochs:
         raise ValueError(f"rewind_epoch {loop.rewind_epoch} is past the {pretrain.epochs} dense training epochs")
     device = data.train.images.device
