@@ -22,6 +22,7 @@ except ConfigError as error:
 PLAN = plan(STUDY)
 RUNS, RESULTS = STUDY.runs_dir, STUDY.results_dir
 PYTHON = sys.executable
+JOB_FOLDERS = [f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.prune.values()]]
 os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
     "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
     "mlflow": STUDY.mlflow.model_dump(), "progress": False,
@@ -45,6 +46,7 @@ rule data:
 
 rule fetch:
     output: f"{RUNS}/data/{{dataset}}.json"
+    benchmark: f"{RUNS}/benchmarks/fetch/{{dataset}}.tsv"
     shell: "{PYTHON} -m pipeline.fetch --dataset {wildcards.dataset} --out {output}"
 
 
@@ -54,6 +56,7 @@ rule dense:
     params: job=lambda w: job_arguments(PLAN.dense[w.hash])
     threads: STUDY.threads
     resources: gpu=lambda w: PLAN.dense[w.hash].gpus
+    benchmark: f"{RUNS}/benchmarks/dense/{{hash}}.tsv"
     shell: "{PYTHON} -m pipeline.dense {params.job} --out {RUNS}/dense/{wildcards.hash} --threads {threads}"
 
 
@@ -72,14 +75,19 @@ rule prune:
         dense=lambda w: f"{RUNS}/dense/{PLAN.prune[w.hash].slice['dense']}",
     threads: STUDY.threads
     resources: gpu=lambda w: PLAN.prune[w.hash].gpus
+    benchmark: f"{RUNS}/benchmarks/prune/{{hash}}.tsv"
     shell: "{PYTHON} -m pipeline.prune {params.job} --dense {params.dense} {params.reference} --out {RUNS}/prune/{wildcards.hash} --threads {threads}"
 
 
 rule ingest:
-    input: [f"{RUNS}/{job.folder}/metrics.json" for job in [*PLAN.dense.values(), *PLAN.prune.values()]]
+    input: [f"{folder}/metrics.json" for folder in JOB_FOLDERS]
     output: f"{RUNS}/mlflow.json"
-    params: runs=" ".join(f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.prune.values()])
+    params: runs=" ".join(JOB_FOLDERS)
+    benchmark: f"{RUNS}/benchmarks/ingest.tsv"
     shell: "{PYTHON} -m pipeline.ingest --runs {params.runs} --out {output}"
+
+
+REPORT = f"{PYTHON} -m pipeline.report --runs {' '.join(JOB_FOLDERS)} --tolerance {STUDY.report.accuracy_tolerance_pct} --out {RESULTS}"
 
 
 rule report:
@@ -87,7 +95,15 @@ rule report:
     output:
         f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/summary.tex", f"{RESULTS}/metrics.json",
         directory(f"{RESULTS}/tables"), directory(f"{RESULTS}/figures"),
-    params:
-        tolerance=STUDY.report.accuracy_tolerance_pct,
-        runs=" ".join(f"{RUNS}/prune/{h}" for h in sorted(PLAN.prune)),
-    shell: "{PYTHON} -m pipeline.report --runs {params.runs} --tolerance {params.tolerance} --out {RESULTS}"
+    params: tolerance=STUDY.report.accuracy_tolerance_pct
+    benchmark: f"{RUNS}/benchmarks/report.tsv"
+    shell: REPORT
+
+
+onerror:  # after the other jobs finished (with --keep-going): MLflow gets every outcome, the report marks the gaps
+    ended = [folder for folder in JOB_FOLDERS if any(Path(folder, name).exists() for name in ("metrics.json", "failure.json"))]
+    if ended:
+        shell(f"{PYTHON} -m pipeline.ingest --runs {' '.join(ended)}")
+        shell(REPORT)
+        print(f"Some jobs failed: {RESULTS}/summary.md lists them with their reasons and marks their cells missing; "
+              "MLflow has them as FAILED runs.", file=sys.stderr)

@@ -31,15 +31,16 @@ def main() -> None:
     on = jobs.device(settings)
     piece = args.slice
     jobs.record(args.out, piece, args.labels, on)
-    data = jobs.dataset(piece["dataset"], piece, settings, on)
-    rewind = "epoch" if "rewind_epoch" in piece else "none"
-    run_loop(  # with no iteration, the loop trains, counts and checkpoints the dense model only
-        model_builder(piece, data), data, NNrelief(name="none"), train_config(piece, piece["pretrain"]),
-        train_config(piece, piece["pretrain"]),
-        LoopConfig(num_iters=0, rewind=rewind, rewind_epoch=piece.get("rewind_epoch", 0),
-                   prune_set_size=min(1000, len(data.train.labels))),
-        args.out, seed=piece["seed"], progress=settings.get("progress", True),
-    )
+    with jobs.failures_recorded(args.out):
+        data = jobs.dataset(piece["dataset"], piece, settings, on)
+        rewind = "epoch" if "rewind_epoch" in piece else "none"
+        run_loop(  # with no iteration, the loop trains, counts and checkpoints the dense model only
+            model_builder(piece, data), data, NNrelief(name="none"), train_config(piece, piece["pretrain"]),
+            train_config(piece, piece["pretrain"]),
+            LoopConfig(num_iters=0, rewind=rewind, rewind_epoch=piece.get("rewind_epoch", 0),
+                       prune_set_size=min(1000, len(data.train.labels))),
+            args.out, seed=piece["seed"], progress=settings.get("progress", True),
+        )
 
 
 if __name__ == "__main__":

@@ -241,9 +241,11 @@ DRAWERS = dict(zip(FIGURES, (accuracy_vs_remaining, nnrelief_connections, nnreli
 
 
 def write_figures(groups, out: Path) -> list[Path]:
-    """Every figure of every group under ``out``, as PNG and SVG; returns the files written."""
+    """Every figure of every group with a finished NNrelief run under ``out``, as PNG and SVG; returns the files."""
     written = []
     for group in groups:
+        if group.iteration is None:
+            continue
         for name, draw in DRAWERS.items():
             written += _save(draw(group), out / f"{group.name}_{name}")
     return written

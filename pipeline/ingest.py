@@ -32,7 +32,7 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
     "nonzero_macs": ("macs", "nonzero_macs"),
     "structural_macs": ("macs", "structural_macs"),
 }
-ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt")
+ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
 _ATTEMPTS = 8
 
 
@@ -81,39 +81,59 @@ def locked(path: Path):
 
 
 def ingest(run_dir: Path, settings: dict) -> dict:
-    """Log ``run_dir`` to MLflow unless a finished run with its config hash is there; returns the run's ids."""
+    """Log ``run_dir`` to MLflow unless its run (by config hash) is there with the same outcome; returns its ids.
+
+    A finished job (metrics.json) becomes a FINISHED run; a failed one (failure.json) a FAILED run with the reason in
+    the tag ``failure_reason`` and the metrics it had reached. A later success replaces the failed run.
+    """
     config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    failure = None if (run_dir / "metrics.json").exists() else json.loads((run_dir / jobs.FAILURE).read_text())
+    metrics = failure["metrics_so_far"] if failure else json.loads((run_dir / "metrics.json").read_text())
+    status = "FAILED" if failure else "FINISHED"
     labels, config_hash = config["labels"], run_dir.name
     client = MlflowClient(settings["mlflow"]["tracking_uri"])
     experiment = client.get_experiment_by_name(settings["study"])
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         settings["study"], artifact_location=Path(settings["mlflow"]["artifact_location"]).resolve().as_uri())
     for run in client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'"):
-        if run.info.status == "FINISHED":
-            return {"run_id": run.info.run_id, "experiment_id": experiment_id}
-        client.delete_run(run.info.run_id)  # a half-logged run from an interrupted ingest
+        if run.info.status == status and run.data.tags.get("failure_reason") == (failure or {}).get("reason"):
+            return {"run_id": run.info.run_id, "experiment_id": experiment_id, "status": status}
+        client.delete_run(run.info.run_id)  # a half-logged run, or an outcome that a later attempt replaced
     tags = {**{k: str(v) for k, v in labels.items()}, "config_hash": config_hash, "kind": run_dir.parent.name,
             "git_commit": str(config.get("git_commit")), "study": settings["study"]}
     run = client.create_run(experiment_id, run_name=run_name(labels), tags=tags)
     run_id = run.info.run_id
     params = {**flatten(config["slice"]), "device": config["device"]}
     client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params.items())])
-    series = metric_series(metrics)
+    series = metric_series(metrics) if metrics else []
+    series += inference_metrics(run_dir)
     for start in range(0, len(series), 500):
         client.log_batch(run_id, metrics=series[start:start + 500])
     for name in ARTIFACTS:
         if (run_dir / name).exists():
             client.log_artifact(run_id, str(run_dir / name))
-    client.log_batch(run_id, tags=[RunTag("collapsed", str(any(i.get("collapsed") for i in metrics["iterations"])))])
-    client.set_terminated(run_id, "FINISHED")
-    return {"run_id": run_id, "experiment_id": experiment_id}
+    outcome = [RunTag("failure_reason", failure["reason"]), RunTag("error", failure["error"])] if failure else [
+        RunTag("collapsed", str(any(i.get("collapsed") for i in metrics["iterations"])))]
+    client.log_batch(run_id, tags=outcome)
+    client.set_terminated(run_id, status)
+    return {"run_id": run_id, "experiment_id": experiment_id, "status": status}
+
+
+def inference_metrics(run_dir: Path) -> list[Metric]:
+    """``inference_ms_<model>_batch_<n>``: median wall time of one forward pass, in ms per batch (inference.json)."""
+    path = run_dir / jobs.INFERENCE
+    if not path.exists():
+        return []
+    now = int(time.time() * 1000)
+    timings = json.loads(path.read_text())["batch_ms"]
+    return [Metric(f"inference_ms_{variant}_batch_{size}", ms, now, 0)
+            for variant, by_size in sorted(timings.items()) for size, ms in sorted(by_size.items())]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", nargs="+", required=True, type=Path, help="the jobs' folders")
-    parser.add_argument("--out", required=True, type=Path, help="where to write the MLflow ids, by folder")
+    parser.add_argument("--out", type=Path, help="where to write the MLflow ids, by folder")
     args = parser.parse_args()
     settings = jobs.runtime()
     ids = {}
@@ -128,7 +148,8 @@ def main() -> None:
                 raise
             print(f"MLflow refused ({error}); retrying in {2 ** attempt} s")
             time.sleep(2**attempt)
-    write_json(ids, args.out)
+    if args.out:
+        write_json(ids, args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 import sys
+import traceback
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -15,8 +17,11 @@ from pathlib import Path
 import torch
 
 from relief.data import Dataset, Split, load
+from relief.train import Divergence
 
 RUNTIME_VARIABLE = "RELIEF_RUNTIME"  # set by the Snakefile: settings that do not change results
+FAILURE = "failure.json"  # in a job's folder: why its last attempt failed (removed when an attempt starts)
+INFERENCE = "inference.json"  # in a pruning job's folder: inference wall times (measurements, not results)
 PACKAGES = ("relief", "torch", "torchvision", "fvcore", "torch-pruning", "snakemake", "mlflow", "dvc", "pydantic")
 
 
@@ -75,6 +80,30 @@ def record(out: Path, piece: dict, labels: dict, on: torch.device) -> None:
     from relief.checkpoints import write_json
 
     write_json({"slice": piece, "labels": labels, "device": str(on), **provenance()}, out / "config.json")
+
+
+@contextmanager
+def failures_recorded(out: Path):
+    """Run a job's body; if it fails, write ``out/failure.json`` (the reason and the metrics so far) and exit non-zero.
+
+    A diverged training ends with its reason only; any other error keeps its traceback.
+    """
+    (out / FAILURE).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as error:
+        from relief.checkpoints import write_json
+
+        metrics = out / "metrics.json"
+        write_json({
+            "error": type(error).__name__,
+            "reason": str(error),
+            "traceback": traceback.format_exc(),
+            "metrics_so_far": json.loads(metrics.read_text()) if metrics.exists() else None,
+        }, out / FAILURE)
+        if isinstance(error, Divergence):
+            raise SystemExit(f"{out}: {error}") from None
+        raise
 
 
 def _git(root: Path, *command: str) -> str | None:

@@ -14,8 +14,10 @@ from relief.compact import compact
 from relief.loop import LoopConfig, run_loop
 from relief.masks import apply_masks
 from relief.pruners import build_pruner
+from relief.speed import inference_ms
 
 DENSE_FILES = ("init.pt", "dense.pt", "rewind.pt")
+INFERENCE_BATCHES = (1, 256)
 
 
 def pruner_for(piece: dict, seed: int, reference):
@@ -36,26 +38,41 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = jobs.runtime()
     on = jobs.device(settings)
+    jobs.record(args.out, args.slice, args.labels, on)
+    with jobs.failures_recorded(args.out):
+        run(args, settings, on)
+
+
+def run(args, settings: dict, on: torch.device) -> None:
     piece = args.slice
-    jobs.record(args.out, piece, args.labels, on)
     dense = json.loads((args.dense / "config.json").read_text())["slice"]
     for name in DENSE_FILES:  # every pruner starts from the same trained model
         if (args.dense / name).exists() and not (args.out / name).exists():
             shutil.copy(args.dense / name, args.out / name)
     data = jobs.dataset(dense["dataset"], dense, settings, on)
     loop = LoopConfig(**piece["loop"])
+    build = model_builder(dense, data)
     result = run_loop(
-        model_builder(dense, data), data, pruner_for(piece, dense["seed"], args.reference),
-        train_config(dense, dense["pretrain"]), train_config(dense, piece["retrain"]),
-        loop, args.out, seed=dense["seed"], progress=settings.get("progress", True),
+        build, data, pruner_for(piece, dense["seed"], args.reference), train_config(dense, dense["pretrain"]),
+        train_config(dense, piece["retrain"]), loop, args.out, seed=dense["seed"],
+        progress=settings.get("progress", True),
     )
     final = checkpoints.load(args.out / f"iter_{loop.num_iters:02d}.pt", map_location=on)
-    model = model_builder(dense, data)().to(on)
-    apply_masks(model, final["masks"])
-    model.load_state_dict(final["model"])
-    images, _ = data.pruning_set(min(256, len(data.train.labels)), dense["seed"])
-    torch.save(compact(model, final["masks"], images), args.out / "compact.pt")
+    masked = build().to(on)
+    apply_masks(masked, final["masks"])
+    checkpoints.load_into(masked, final["model"], args.out / f"iter_{loop.num_iters:02d}.pt")
+    images, _ = data.pruning_set(min(INFERENCE_BATCHES[-1], len(data.train.labels)), dense["seed"])
+    compacted = compact(masked, final["masks"], images)
+    torch.save(compacted, args.out / "compact.pt")
     checkpoints.write_json(result["iterations"][-1]["layers"], args.out / "layers.json")
+    trained = build().to(on)
+    checkpoints.load_into(trained, checkpoints.load(args.out / "dense.pt", map_location=on)["model"], "dense.pt")
+    timings = {variant: inference_ms(model, images, INFERENCE_BATCHES)
+               for variant, model in (("dense", trained), ("masked", masked), ("compact", compacted))}
+    checkpoints.write_json({
+        "device": str(on), "threads": torch.get_num_threads(), "unit": "ms per batch, median",
+        "batch_ms": {variant: {str(size): ms for size, ms in by_size.items()} for variant, by_size in timings.items()},
+    }, args.out / jobs.INFERENCE)
 
 
 if __name__ == "__main__":

@@ -20,22 +20,28 @@ import io
 import json
 import re
 import statistics
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from relief.checkpoints import write_json
 
+INFERENCE_MODELS, INFERENCE_BATCHES = ("dense", "masked", "compact"), ("1", "256")
+INFERENCE_COLUMNS = tuple(f"inference_ms_{model}_batch_{size}"
+                          for size in INFERENCE_BATCHES for model in INFERENCE_MODELS)
 COLUMNS = ("experiment", "dataset", "architecture", "optimizer", "pruner", "seeds", "iteration",
            "baseline_accuracy_pct", "accuracy_pct", "accuracy_std_pct", "delta_accuracy_pct",
-           "remaining_pct_of_all", "compression_ratio", "dense_macs", "nonzero_macs", "structural_macs", "collapsed")
+           "remaining_pct_of_all", "compression_ratio", "dense_macs", "nonzero_macs", "structural_macs", "collapsed",
+           *(f"speedup_batch_{size}" for size in INFERENCE_BATCHES), *INFERENCE_COLUMNS)
 GROUP_KEYS = ("experiment", "dataset", "architecture", "optimizer")
 COLLAPSED = "†"  # a seed's network collapsed at the reported iteration
 MISSING = "—"  # no metrics for this pruner in this group
 NOTE_COLLAPSED = (f"{COLLAPSED} collapsed: in at least one seed a layer lost all its weights, or test accuracy fell to "
                   "chance level, at the reported iteration.")
 NOTE_MISSING = f"{MISSING} missing: no finished run (no metrics.json) of this pruner in this group."
+NOTE_SPEED = ("Speed-up: inference wall time of the dense model over that of the compacted model (relief.compact) "
+              "at the last iteration, median of repeated forward passes at batch 1 and 256, on the job's device "
+              "(n/a: not measured).")
 NOTE_UNITS = ("Accuracy: test set, final epoch, in %; std: sample standard deviation over seeds, shown for 2 seeds or "
               "more. Δ: accuracy minus the dense baseline's, in percentage points. Remaining: non-zero weights and "
               "biases as % of all of the dense model's weights and biases (BatchNorm included); compression = all / "
@@ -51,8 +57,9 @@ class Group:
     name: str  # file stem: dataset_architecture_optimizer (prefixed by the experiment when that alone is ambiguous)
     by_pruner: dict[str, list[dict]]
     pruners: list[str]  # every pruner of the study, NNrelief first: those absent here are missing rows
-    iteration: int
+    iteration: int | None  # None: no finished NNrelief run, so no comparison (every row is missing)
     tolerance: float
+    failures: list[dict]  # this group's failed jobs (dense or pruning), with their reasons
 
     @property
     def title(self) -> str:
@@ -60,10 +67,20 @@ class Group:
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
+    """Every job folder that was started: its labels, kind, and metrics.json, failure.json, inference.json if there.
+
+    A pruning job with metrics is a finished run; a job of either kind with a failure record is a failed one.
+    """
     runs = []
     for folder in run_dirs:
-        config = json.loads((folder / "config.json").read_text())
-        runs.append({"labels": config["labels"], "metrics": json.loads((folder / "metrics.json").read_text())})
+        if not (folder / "config.json").exists():
+            continue  # never started: a job it depends on failed, or the study was stopped
+        files = {name: folder / name for name in ("metrics", "failure", "inference")}
+        loaded = {name: json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists()
+                  else None for name, path in files.items()}
+        labels = json.loads((folder / "config.json").read_text())["labels"]
+        kind = "dense" if labels["pruner"] == "none" else "prune"  # a dense job's labels name no pruner
+        runs.append({"labels": labels, "kind": kind, "folder": str(folder), **loaded})
     return runs
 
 
@@ -82,40 +99,46 @@ def pruner_order(pruners) -> list[str]:
 
 
 def groups(runs: list[dict], tolerance: float) -> list[Group]:
+    finished = [r for r in runs if r["kind"] == "prune" and r["metrics"] is not None]
+    failed = [r for r in runs if r["failure"] is not None and r["metrics"] is None]
     by_key: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
+    for run in finished + failed:
         by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
-    study_pruners = pruner_order({run["labels"]["pruner"] for run in runs})
+    study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
     triples = [key[1:] for key in by_key]
     result = []
     for key in sorted(by_key):
         by_pruner: dict[str, list[dict]] = defaultdict(list)
         for run in sorted(by_key[key], key=lambda r: r["labels"].get("seed", 0)):
-            by_pruner[run["labels"]["pruner"]].append(run)
-        if "nnrelief" not in by_pruner:
-            print(f"report: no NNrelief run for {' / '.join(key)}; its group has no comparison iteration and is "
-                  "left out of the tables and figures", file=sys.stderr)
-            continue
+            if run["metrics"] is not None:
+                by_pruner[run["labels"]["pruner"]].append(run)
         name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
+        iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
+        failures = sorted((r for r in by_key[key] if r["metrics"] is None), key=_failure_order)
         result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=comparison_iteration(by_pruner["nnrelief"], tolerance), tolerance=tolerance))
+                            iteration=iteration, tolerance=tolerance, failures=failures))
     return result
+
+
+def _failure_order(run: dict) -> tuple:
+    return run["kind"], run["labels"]["pruner"], run["labels"].get("seed", 0)
+
+
+def failure_line(run: dict) -> str:
+    job = "dense training" if run["kind"] == "dense" else run["labels"]["pruner"]
+    return f"{job}, seed {run['labels'].get('seed', 0)}: {run['failure']['reason']} ({run['folder']})"
 
 
 def _file_stem(name: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", name.lower())
 
 
-def rows(runs: list[dict], tolerance: float) -> list[dict]:
-    """The summary across the study: one row per group and pruner that has runs."""
-    return [row for group in groups(runs, tolerance) for row in group_rows(group) if not row["missing"]]
-
-
 def group_rows(group: Group) -> list[dict]:
     """One row per pruner of the study, NNrelief first; a pruner without runs (or short of the iteration) is missing."""
     table = []
     for pruner in group.pruners:
-        runs = [r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= group.iteration]
+        runs = [] if group.iteration is None else [
+            r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= group.iteration]
         if runs:
             table.append({**_row(group.key, pruner, runs, group.iteration), "missing": False})
         else:
@@ -143,7 +166,21 @@ def _row(key: tuple, pruner: str, runs: list[dict], iteration: int) -> dict:
         "nonzero_macs": round(statistics.mean(r["macs"]["nonzero_macs"] for r in records)),
         "structural_macs": round(statistics.mean(r["macs"]["structural_macs"] for r in records)),
         "collapsed": any(r.get("collapsed") for r in records),
+        **_inference(runs),
     }
+
+
+def _inference(runs: list[dict]) -> dict:
+    """Mean inference times over the seeds that measured them (ms per batch), and the dense/compact speed-ups."""
+    timed = [r["inference"]["batch_ms"] for r in runs if r.get("inference")]
+    if not timed:
+        return {}
+    values = {f"inference_ms_{model}_batch_{size}": round(statistics.mean(t[model][size] for t in timed), 3)
+              for size in INFERENCE_BATCHES for model in INFERENCE_MODELS}
+    speedups = {f"speedup_batch_{size}": round(values[f"inference_ms_dense_batch_{size}"]
+                                               / values[f"inference_ms_compact_batch_{size}"], 2)
+                for size in INFERENCE_BATCHES}
+    return {**speedups, **values}
 
 
 # ---- cells, shared by Markdown and LaTeX --------------------------------------------------------------------------
@@ -151,9 +188,7 @@ def _row(key: tuple, pruner: str, runs: list[dict], iteration: int) -> dict:
 def _cells(row: dict) -> dict[str, str]:
     """Display strings for one row; a missing row has the missing marker in every value cell."""
     if row["missing"]:
-        return {"pruner": row["pruner"], **{k: MISSING for k in (
-            "seeds", "iteration", "baseline", "accuracy", "delta", "remaining", "compression",
-            "dense_macs", "nonzero_macs", "structural_macs")}}
+        return {"pruner": row["pruner"], **{k: MISSING for k in GROUP_CELLS[1:]}}
     accuracy = f"{row['accuracy_pct']:.2f}"
     if row["seeds"] > 1:
         accuracy += f" ± {row['accuracy_std_pct']:.2f}"
@@ -166,6 +201,8 @@ def _cells(row: dict) -> dict[str, str]:
         "delta": f"{row['delta_accuracy_pct']:+.2f}",
         "remaining": f"{row['remaining_pct_of_all']:.2f}",
         "compression": f"{row['compression_ratio']:.2f}",
+        **{f"speedup_{size}": f"{row[f'speedup_batch_{size}']:.2f}" if f"speedup_batch_{size}" in row else "n/a"
+           for size in INFERENCE_BATCHES},
         "dense_macs": f"{row['dense_macs']:,}",
         "nonzero_macs": f"{row['nonzero_macs']:,}",
         "structural_macs": f"{row['structural_macs']:,}",
@@ -176,12 +213,14 @@ CELL_HEADERS = {  # cell key -> Markdown header; LaTeX has its own, below
     "pruner": "pruner", "seeds": "seeds", "iteration": "iteration", "baseline": "baseline (dense) acc. (%)",
     "accuracy": "acc. after pruning + retraining (%), mean ± std", "delta": "Δ acc. (points)",
     "remaining": "remaining (% of all weights + biases)", "compression": "compression (×)",
+    "speedup_1": "speed-up, batch 1 (×)", "speedup_256": "speed-up, batch 256 (×)",
     "dense_macs": "MACs dense", "nonzero_macs": "MACs non-zero", "structural_macs": "MACs structural",
 }
 LATEX_HEADERS = {
     "pruner": "Pruner", "seeds": "Seeds", "iteration": "Iter.", "baseline": "Dense acc.\\ (\\%)",
     "accuracy": "Acc.\\ (\\%)", "delta": "$\\Delta$ acc.\\ (pts)", "remaining": "Remaining (\\% of all w+b)",
-    "compression": "Compr.\\ ($\\times$)", "dense_macs": "Dense", "nonzero_macs": "Non-zero",
+    "compression": "Compr.\\ ($\\times$)", "speedup_1": "Speed-up b1 ($\\times$)",
+    "speedup_256": "Speed-up b256 ($\\times$)", "dense_macs": "Dense", "nonzero_macs": "Non-zero",
     "structural_macs": "Structural",
 }
 GROUP_CELLS = tuple(CELL_HEADERS)
@@ -193,10 +232,12 @@ def _notes(table: list[dict]) -> list[str]:
         notes.append(NOTE_COLLAPSED)
     if any(r["missing"] for r in table):
         notes.append(NOTE_MISSING)
-    return notes + [NOTE_UNITS]
+    return notes + [NOTE_SPEED, NOTE_UNITS]
 
 
 def comparison_sentence(group: Group) -> str:
+    if group.iteration is None:
+        return "No NNrelief run finished, so there is no comparison iteration: every cell is missing."
     return (f"NNrelief comparison iteration: {group.iteration}, the last NNrelief iteration whose mean test accuracy "
             f"is within {group.tolerance:.2f} points of the dense model's (else the first); every baseline is read at "
             "the same iteration, where it keeps the same number of weights and biases.")
@@ -209,12 +250,14 @@ def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def group_markdown(group: Group, table: list[dict]) -> str:
-    seeds = sorted({r["labels"].get("seed", 0) for runs in group.by_pruner.values() for r in runs})
+    seeds = sorted({r["labels"].get("seed", 0) for runs in [*group.by_pruner.values(), group.failures] for r in runs})
     lines = [f"## {group.title}", "",
              f"Experiment `{group.key[0]}`, seeds {', '.join(map(str, seeds))}. {comparison_sentence(group)}", ""]
     lines += _markdown_table([CELL_HEADERS[c] for c in GROUP_CELLS],
                              [[_cells(row)[c] for c in GROUP_CELLS] for row in table])
     lines += [""] + [f"{note}  " for note in _notes(table)[:-1]] + [_notes(table)[-1]]
+    if group.failures:
+        lines += ["", "Failed jobs in this group:", ""] + [f"- {failure_line(run)}" for run in group.failures]
     return "\n".join(lines) + "\n"
 
 
@@ -249,6 +292,7 @@ def group_latex(group: Group, table: list[dict]) -> str:
              f"\\caption{{{_latex_escape(caption)}}}", f"\\label{{tab:{group.name}}}"]
     lines += _latex_tabular([], [[] for _ in table], table)
     lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(table)]
+    lines += [_latex_escape(f"Failed: {failure_line(run)}") + "\\par" for run in group.failures]
     return "\n".join(lines + ["\\end{table}"]) + "\n"
 
 
@@ -260,26 +304,28 @@ def comma_separated(table: list[dict], columns: tuple[str, ...] = COLUMNS) -> st
     return buffer.getvalue()
 
 
-def markdown(table: list[dict]) -> str:
-    """The summary across the study, one row per group and pruner."""
+def markdown(table: list[dict], failures: list[dict]) -> str:
+    """The summary across the study, one row per group and pruner, then the failed jobs with their reasons."""
     header = ["experiment", "dataset", "architecture", "optimizer", *(CELL_HEADERS[c] for c in GROUP_CELLS)]
     body = [[row["experiment"], row["dataset"], row["architecture"], row["optimizer"],
-             *(_cells({**row, "missing": False})[c] for c in GROUP_CELLS)] for row in table]
-    notes = _notes([{**row, "missing": False} for row in table])
+             *(_cells(row)[c] for c in GROUP_CELLS)] for row in table]
+    notes = _notes(table)
     lines = _markdown_table(header, body) + [""] + [f"{note}  " for note in notes[:-1]] + [notes[-1]]
+    if failures:
+        lines += ["", "## Failed jobs", ""] + [
+            f"- {' / '.join(run['labels'][k] for k in GROUP_KEYS)}: {failure_line(run)}" for run in failures]
     return "\n".join(lines) + "\n"
 
 
 def summary_latex(table: list[dict], tolerance: float) -> str:
-    rows_ = [{**row, "missing": False} for row in table]
     caption = (f"Summary of the study: every dataset, architecture and optimizer, read at its NNrelief comparison "
                f"iteration (the last whose mean test accuracy is within {tolerance:.2f} points of the dense model's).")
     lines = ["% Generated by pipeline/report.py from the runs' metrics.json files; do not edit.",
              "% Needs \\usepackage{booktabs}.", "\\begin{table}[htbp]", "\\centering", "\\scriptsize",
              f"\\caption{{{_latex_escape(caption)}}}", "\\label{tab:summary}"]
     lines += _latex_tabular(["Dataset", "Architecture", "Optimizer"],
-                            [[r["dataset"], r["architecture"], r["optimizer"]] for r in rows_], rows_)
-    lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(rows_)]
+                            [[r["dataset"], r["architecture"], r["optimizer"]] for r in table], table)
+    lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(table)]
     return "\n".join(lines + ["\\end{table}"]) + "\n"
 
 
@@ -290,7 +336,7 @@ def headline(table: list[dict]) -> dict:
             "nnrelief_accuracy_pct": r["accuracy_pct"], "nnrelief_remaining_pct_of_all": r["remaining_pct_of_all"],
             "baseline_accuracy_pct": r["baseline_accuracy_pct"],
         }
-        for r in table if r["pruner"] == "nnrelief"
+        for r in table if r["pruner"] == "nnrelief" and not r["missing"]
     }
 
 
@@ -303,7 +349,8 @@ def _write(path: Path, text: str) -> None:
 def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = True) -> list[Path]:
     """Every table (and figure) of the study under ``out``; returns the files written, sorted."""
     study_groups = groups(runs, tolerance)
-    summary = [row for group in study_groups for row in group_rows(group) if not row["missing"]]
+    summary = [row for group in study_groups for row in group_rows(group)]
+    failures = [run for group in study_groups for run in group.failures]
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     written = []
@@ -313,7 +360,8 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
                              ("csv", comma_separated(table, (*COLUMNS, "missing")))):
             _write(tables / f"{group.name}.{suffix}", text)
             written.append(tables / f"{group.name}.{suffix}")
-    for name, text in (("summary.md", markdown(summary)), ("summary.csv", comma_separated(summary)),
+    for name, text in (("summary.md", markdown(summary, failures)),
+                       ("summary.csv", comma_separated(summary, (*COLUMNS, "missing"))),
                        ("summary.tex", summary_latex(summary, tolerance))):
         _write(out / name, text)
         written.append(out / name)
@@ -328,7 +376,8 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="the pruning jobs' folders")
+    parser.add_argument("--runs", nargs="+", type=Path, required=True,
+                        help="the study's job folders (pruning, and dense for their failures)")
     parser.add_argument("--tolerance", type=float, required=True, help="accuracy tolerance, in points of %%")
     parser.add_argument("--out", type=Path, required=True, help="the results folder")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="write the tables only")

@@ -35,9 +35,9 @@ def snakemake(folder: Path, *extra: str, config: Path = TINY, check: bool = True
     return result
 
 
-def mlflow_runs(folder: Path) -> list:
+def mlflow_runs(folder: Path, study: str = "tiny") -> list:
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
+    experiment = client.get_experiment_by_name(study)
     return client, client.search_runs([experiment.experiment_id]) if experiment else []
 
 
@@ -56,8 +56,11 @@ def test_every_output_and_mlflow_run_exists(tiny_study):
     prune = list((tiny_study / "runs" / "prune").iterdir())
     assert len(dense) == 1 and len(prune) == 2  # lenet300-100 x adam x seed 0; nnrelief and magnitude
     for run in prune:
-        for name in ("config.json", "metrics.json", "compact.pt", "layers.json", "iter_02.pt"):
+        for name in ("config.json", "metrics.json", "compact.pt", "layers.json", "iter_02.pt", "inference.json"):
             assert (run / name).exists(), f"{run.name}/{name}"
+        timings = json.loads((run / "inference.json").read_text())["batch_ms"]
+        assert sorted(timings) == ["compact", "dense", "masked"]
+        assert all(sorted(by_size) == ["1", "256"] and min(by_size.values()) > 0 for by_size in timings.values())
         config = json.loads((run / "config.json").read_text())
         assert config["git_commit"] and config["packages"]["torch"]
     client, runs = mlflow_runs(tiny_study)
@@ -70,7 +73,8 @@ def test_every_output_and_mlflow_run_exists(tiny_study):
     history = client.get_metric_history(pruned.info.run_id, "remaining_pct_of_prunable")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(pruned.info.run_id)}
-    assert {"metrics.json", "layers.json", "compact.pt"} <= artifacts
+    assert {"metrics.json", "layers.json", "compact.pt", "inference.json"} <= artifacts
+    assert pruned.data.metrics["inference_ms_compact_batch_256"] > 0
 
 
 def test_a_second_run_has_nothing_to_do_and_duplicates_nothing(tiny_study):

@@ -51,13 +51,13 @@ def test_group_table_cells(tables_only):
     text = (tables_only / "tables" / f"{ADAM}.md").read_text()
     assert "NNrelief comparison iteration: 2" in text and "within 1.00 points" in text
     rows = markdown_rows(text)
-    assert list(rows) == ["nnrelief", "magnitude", "snip"]  # NNrelief first, then baselines by name
+    assert list(rows) == ["nnrelief", "magnitude", "random", "snip"]  # NNrelief first, then baselines by name
     # NNrelief at iteration 2: seeds 87.30 and 86.90, dense 88.00
     mean = (87.30 + 86.90) / 2
     std = math.sqrt(((87.30 - mean) ** 2 + (86.90 - mean) ** 2) / (2 - 1))  # sample std, n - 1
     assert f"{mean:.2f} ± {std:.2f}" == "87.10 ± 0.28"
     assert rows["nnrelief"] == ["nnrelief", "2", "2", "88.00", "87.10 ± 0.28", "-0.90", "10.00", "10.00",
-                                "1,000", "110", "300"]
+                                "1.91", "2.10", "1,000", "110", "300"]
     # magnitude: seeds 87.00 and 85.00, seed 1 collapsed at iteration 2
     assert rows["magnitude"][0] == "magnitude †"
     assert rows["magnitude"][4:6] == ["86.00 ± 1.41", "-2.00"]
@@ -68,9 +68,10 @@ def test_group_table_cells(tables_only):
 def test_missing_run_is_a_marked_empty_row(tables_only):
     text = (tables_only / "tables" / f"{SGD}.md").read_text()
     rows = markdown_rows(text)
-    assert rows["snip"] == ["snip"] + [report.MISSING] * 10
+    assert rows["snip"] == ["snip"] + [report.MISSING] * 12
     assert f"{report.MISSING} missing" in text
     missing = list(csv.DictReader(io.StringIO((tables_only / "tables" / f"{SGD}.csv").read_text())))[-1]
+    assert rows["magnitude"][8:10] == ["n/a", "n/a"]  # finished, but without inference timings
     assert missing["pruner"] == "snip" and missing["missing"] == "True" and missing["accuracy_pct"] == ""
 
 
@@ -79,10 +80,35 @@ def test_csv_and_summary(tables_only):
     assert rows[0]["accuracy_pct"] == "87.1" and rows[0]["accuracy_std_pct"] == "0.28"
     assert rows[1]["collapsed"] == "True"
     summary = list(csv.DictReader(io.StringIO((tables_only / "summary.csv").read_text())))
-    assert tuple(summary[0]) == report.COLUMNS
-    assert [(r["optimizer"], r["pruner"]) for r in summary] == [
-        ("adam", "nnrelief"), ("adam", "magnitude"), ("adam", "snip"), ("sgd", "nnrelief"), ("sgd", "magnitude")]
+    assert tuple(summary[0]) == (*report.COLUMNS, "missing")
+    assert [(r["architecture"], r["optimizer"], r["pruner"]) for r in summary if r["missing"] == "False"] == [
+        ("lenet300-100", "adam", "nnrelief"), ("lenet300-100", "adam", "magnitude"), ("lenet300-100", "adam", "snip"),
+        ("lenet300-100", "sgd", "nnrelief"), ("lenet300-100", "sgd", "magnitude")]
     assert "87.10 ± 0.28" in (tables_only / "summary.md").read_text()
+
+
+def test_inference_times_are_averaged_over_seeds_and_give_the_speed_up(tables_only):
+    nnrelief = list(csv.DictReader(io.StringIO((tables_only / "tables" / f"{ADAM}.csv").read_text())))[0]
+    # seeds 0 and 1: dense 2.0 and 2.2 ms at batch 1, compact 1.0 and 1.2; at batch 256 100 and 110, 40 and 60
+    assert float(nnrelief["inference_ms_dense_batch_1"]) == 2.1
+    assert float(nnrelief["inference_ms_masked_batch_1"]) == 2.5
+    assert float(nnrelief["speedup_batch_1"]) == round(2.1 / 1.1, 2) == 1.91
+    assert float(nnrelief["speedup_batch_256"]) == round(105 / 50, 2) == 2.1
+
+
+def test_failed_jobs_leave_marked_cells_and_their_reasons(tables_only):
+    """A diverged baseline and a diverged dense training: their cells are missing and the reasons listed."""
+    sgd = (tables_only / "tables" / f"{SGD}.md").read_text()
+    assert markdown_rows(sgd)["random"] == ["random"] + [report.MISSING] * 12
+    assert "random, seed 0: training diverged: the loss was not finite at epoch 1, step 3 of 42" in sgd
+    lenet5 = (tables_only / "tables" / "fashion-mnist_lenet5_adam.md").read_text()
+    assert "No NNrelief run finished" in lenet5
+    assert all(cells[1:] == [report.MISSING] * 12 for cells in markdown_rows(lenet5).values())
+    assert "dense training, seed 0: training diverged" in lenet5
+    summary = (tables_only / "summary.md").read_text()
+    assert "## Failed jobs" in summary and summary.count("training diverged") == 2
+    assert "fixture / fashion-mnist / lenet5 / adam: dense training" in summary
+    assert "Failed: random, seed 0: training diverged" in (tables_only / "tables" / f"{SGD}.tex").read_text()
 
 
 def test_latex_is_booktabs(tables_only):
@@ -113,3 +139,4 @@ def test_rerun_is_byte_identical_and_figures_exist(tmp_path):
             png = Path("figures") / f"{stem}_{figure}.png"
             assert first[png][:8] == b"\x89PNG\r\n\x1a\n" and len(first[png]) > 10_000, png
             assert (Path("figures") / f"{stem}_{figure}.svg") in first
+    assert not any("lenet5" in path.name for path in first if path.parent.name == "figures")  # no NNrelief run
