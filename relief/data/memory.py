@@ -3,6 +3,7 @@ and the pruning set."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,9 +46,7 @@ class Dataset:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels to float32, scaled to [0, 1], then normalised with the dataset's mean and std."""
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, device=images.device).view(shape)
-        std = torch.tensor(self.std, device=images.device).view(shape)
+        mean, std = _statistics(self.mean, self.std, images.device)
         return (images.to(torch.float32) / 255).sub_(mean).div_(std)
 
     def batches(self, split: Split, batch_size: int, *, shuffle: bool, augment: bool,
@@ -79,6 +78,12 @@ class Dataset:
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(available, generator=generator)[:n].to(self.train.labels.device)
         return self.normalise(self.train.images[index]), self.train.labels[index]
+
+
+@functools.cache
+def _statistics(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    """Mean and std as (1, C, 1, 1) tensors on ``device``, made once: a copy to a GPU per batch would sync the host."""
+    return tuple(torch.tensor(values, device=device).view(1, -1, 1, 1) for values in (mean, std))
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator | None,
