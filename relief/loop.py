@@ -101,7 +101,6 @@ def run_loop(
             "iteration": iteration,
             "target_prunable_remaining": _target(pruner, iteration),
             "test_accuracy_before_retrain_pct": evaluate(model, data, data.test),
-            "val_accuracy_before_retrain_pct": evaluate(model, data, data.val),
             **metrics.summarise(model, masks, example),
         }
         if rewind_state is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from relief import checkpoints
@@ -68,14 +69,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig):
     return optimizer, scheduler
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int = 1000) -> float:
-    """Accuracy of ``model`` on ``split``, in % of its images."""
+    """Accuracy of ``model`` on ``split``, in % of its images (masked weights computed once, not per batch)."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
-    for images, labels in data.batches(split, batch_size, shuffle=False, augment=False):
-        correct += (model(images).argmax(dim=1) == labels).sum()
+    with torch.inference_mode(), parametrize.cached():
+        for images, labels in data.batches(split, batch_size, shuffle=False, augment=False):
+            correct += (model(images).argmax(dim=1) == labels).sum()
     model.train(was_training)
     return 100.0 * correct.item() / len(split.labels)
 
