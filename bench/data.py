@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
+from machine import add_threads_option, describe  # bench/machine.py, next to this file
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -37,13 +37,6 @@ from relief.models import build
 
 BATCH_SIZE = 120
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def iterate(batches: Iterable) -> float:
@@ -74,11 +67,10 @@ def main() -> None:
     parser.add_argument("--root", help="data folder (default: a temporary folder, removed afterwards)")
     parser.add_argument("--mirror", default="/usr/share/datasets/fashion-mnist", help="local mirror of the .gz files")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_threads_option(parser)
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement; the median is printed")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     load_average = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as temporary:
@@ -109,8 +101,7 @@ def main() -> None:
                 runs[name][1].append(train_epoch(copy.deepcopy(initial), batches()))
         times = {name: tuple(map(statistics.median, run)) for name, run in runs.items()}
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; DataLoader num_workers={args.num_workers}; "
+    print(f"machine: {describe(args.threads)}; DataLoader num_workers={args.num_workers}; "
           f"load average before the run {load_average:.2f}; median of {args.repeats} run(s)")
     print(f"Fashion-MNIST: {len(data.train.labels)} training images, batch {BATCH_SIZE}; "
           f"relief.data.load took {load_s:.2f} s (copy, decompress, verify, read)")

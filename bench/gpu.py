@@ -43,14 +43,14 @@ import argparse
 import copy
 import dataclasses
 import os
-import platform
 import statistics
-import sys
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from machine import add_threads_option, describe  # bench/machine.py and bench/training.py, next to this file
+from training import nnrelief_like_masks
 
 from relief import nnrelief
 from relief.data import Dataset, Split
@@ -59,9 +59,6 @@ from relief.masks import apply_masks
 from relief.models import build
 from relief.train import TrainConfig, train
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training import nnrelief_like_masks  # bench/training.py, next to this file
-
 SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's
@@ -69,13 +66,6 @@ LR = 0.01
 FORWARD_BATCH = 250
 TARGET = 0.9  # relief / bare
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def synchronize(device: torch.device) -> None:
@@ -251,12 +241,7 @@ def main() -> None:
     parser.add_argument("--prune-n", type=int, default=1000, help="images of the NNrelief pass (default 1000)")
     parser.add_argument("--norms", nargs="+", choices=["fro", "fro-mean", "l1"], default=["fro"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=torch.get_num_threads(),
-        help=f"torch.set_num_threads (default torch's: {torch.get_num_threads()})",
-    )
+    add_threads_option(parser)
     parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--skip-prune", action="store_true")
@@ -272,7 +257,7 @@ def main() -> None:
             f"{torch.backends.cuda.matmul.allow_tf32})"
         )
     else:
-        name = f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads {args.threads}"
+        name = f"CPU: {describe(args.threads)}"
     print(f"# device {device}: {name}; torch {torch.__version__}; host load average {os.getloadavg()[0]:.2f}")
     if not args.skip_training:
         print(

@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
 import torch
+from machine import add_threads_option, describe  # bench/machine.py, next to this file
 
 from relief import nnrelief
 from relief.compact import compact
@@ -47,13 +47,6 @@ MODELS = {"lenet5": (1, 28, 28), "vgg-like": (3, 32, 32), "resnet20": (3, 32, 32
 NUM_CLASSES = 10
 EXAMPLE = 250  # images given to compact() and used to compare outputs
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def pruned_models(model_name: str, n: int, passes: int) -> dict:
@@ -122,12 +115,7 @@ def main() -> None:
         choices=["cpu", "cuda"],
         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"],
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=torch.get_num_threads(),
-        help=f"torch.set_num_threads (default torch's: {torch.get_num_threads()})",
-    )
+    add_threads_option(parser)
     parser.add_argument("--quick", action="store_true", help="--passes 1 --rounds 1 --n 250")
     args = parser.parse_args()
     if args.quick:
@@ -135,7 +123,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     print(
-        f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {args.threads}; "
+        f"# {describe(args.threads)}; "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
     if "cuda" in args.devices:

@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import threading
 import time
 
 import torch
+from machine import add_threads_option, describe  # bench/machine.py, next to this file
 
 from relief import nnrelief
 from relief.compact import compact
@@ -131,20 +131,10 @@ def measure(model_name: str, norm: str, n: int, repeats: int) -> dict:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def _report(args) -> None:
     print(
-        f"# {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {args.threads}, "
+        f"# {describe(args.threads)}, "
         f"N={args.n} images, forward batches of {BATCH}, median of {args.repeats} after 1 warm-up, "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
@@ -213,12 +203,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="torch.set_num_threads (default: the cores this process may use)",
-    )
+    add_threads_option(parser)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "NORM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

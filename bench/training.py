@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from machine import add_threads_option, describe  # bench/machine.py, next to this file
 from torch import nn
 
 from relief.masks import Masks, apply_masks
@@ -42,13 +42,6 @@ MODELS = {"lenet5": (1, 28, 28), "vgg-like": (3, 32, 32), "resnet20": (3, 32, 32
 NUM_CLASSES = 10
 TARGET = 1.10  # masked / dense
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def nnrelief_like_masks(model: nn.Module, keep: float, generator: torch.Generator) -> Masks:
@@ -129,12 +122,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.3, help="fraction of Conv2d/Linear connections kept (0.3)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each model (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first (default 3)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=torch.get_num_threads(),
-        help=f"torch.set_num_threads (default torch's: {torch.get_num_threads()})",
-    )
+    add_threads_option(parser)
     parser.add_argument("--quick", action="store_true", help="--steps 5 --warmup 1")
     args = parser.parse_args()
     if args.quick:
@@ -143,7 +131,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     print(
-        f"# {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {args.threads}; "
+        f"# {describe(args.threads)}; "
         f"load average {load_before:.2f} at start"
     )
     print(

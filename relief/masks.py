@@ -34,7 +34,12 @@ class Mask(nn.Module):
         self._factor_source: tuple[torch.Tensor, int] | None = None  # the buffer and its version it was made from
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor * self._factor_for(tensor)
+        product = tensor * self._factor_for(tensor)
+        if product.stride() != tensor.stride():
+            # Only the stride of a size-1 dim can differ: it addresses no memory, but it is how a conv weight with
+            # one input channel says channels_last, and without it the convolution falls back to NCHW.
+            product = product.as_strided(tensor.size(), tensor.stride())
+        return product
 
     def _factor_for(self, tensor: torch.Tensor) -> torch.Tensor:
         mask = self.mask

@@ -1,6 +1,7 @@
 """Small learnable image datasets made in memory, for fast CPU tests of training and the loop."""
 
 import torch
+
 from relief.data import Dataset, Split
 
 

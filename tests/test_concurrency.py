@@ -5,28 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
+from test_pipeline import TINY, mlflow_runs, pytestmark, snakemake_command
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "tests" / "studies" / "tiny.yaml"
-BIN = Path(sys.executable).parent
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-pytestmark = pytest.mark.skipif(
-    not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"),
-    reason=f"{DEBIAN_FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist",
-)
-
-
-def _command(folder: Path, study: Path) -> list[str]:
-    options = {"--snakefile": REPO / "Snakefile", "--directory": folder, "--configfile": study, "--cores": 2}
-    return [str(BIN / "snakemake"), *(str(part) for pair in options.items() for part in pair)]
+__all__ = ["pytestmark"]  # skipped, like test_pipeline, without Debian's Fashion-MNIST outside CI
 
 
 def _wait_until_a_job_runs(workflow: subprocess.Popen, folder: Path, timeout: float = 120) -> None:
@@ -52,7 +38,9 @@ def study(tmp_path) -> Path:
 def first_run(tmp_path, study):
     """A full Snakemake run of the study in the background, its output going to ``first.log``."""
     log = (tmp_path / "first.log").open("w")
-    workflow = subprocess.Popen(_command(tmp_path, study), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    workflow = subprocess.Popen(
+        snakemake_command(tmp_path, study), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     yield workflow
     if workflow.poll() is None:
         os.killpg(workflow.pid, signal.SIGKILL)
@@ -64,7 +52,7 @@ def test_a_second_snakemake_is_refused_while_the_first_finishes_unharmed(tmp_pat
     """While a run holds the folder, a second invocation exits non-zero with Snakemake's lock message; the first
     still completes with every output and exactly one FINISHED MLflow run per job, each metric logged once."""
     _wait_until_a_job_runs(first_run, tmp_path)
-    second = subprocess.run(_command(tmp_path, study), capture_output=True, text=True, timeout=120)
+    second = subprocess.run(snakemake_command(tmp_path, study), capture_output=True, text=True, timeout=120)
     still_running = first_run.poll() is None
     output = second.stdout + second.stderr
     assert second.returncode != 0
@@ -75,8 +63,7 @@ def test_a_second_snakemake_is_refused_while_the_first_finishes_unharmed(tmp_pat
     for name in ("results/summary.md", "results/metrics.json", "runs/mlflow.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(list((tmp_path / "runs" / "prune").glob("*/compact.pt"))) == 1
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    client, runs = mlflow_runs(tmp_path)
     assert sorted(r.data.tags["pruner"] for r in runs) == ["nnrelief", "none"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:

@@ -92,3 +92,19 @@ def test_masks_of_another_architecture_change_nothing():
         apply_masks(model, {**other, **fitting})
     assert not masks_of(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_a_masked_weight_keeps_the_layout_of_its_original():
+    """channels_last survives masking, also where one input channel makes the layout show only in a size-1 stride."""
+    model = models.build("lenet5", 10, (1, 28, 28))
+    masks = _random_masks(model)
+    apply_masks(model, masks)
+    model.to(memory_format=torch.channels_last)
+    for name in ("features.0", "features.3"):
+        layer = model.get_submodule(name)
+        original = stored_tensor(model, f"{name}.weight")
+        assert layer.weight.stride() == original.stride()
+        assert torch.equal(layer.weight, original.detach() * masks[f"{name}.weight"])
+    assert model.features[0].weight.stride(1) == 1  # the channels_last stride, not the NCHW one
+    output = model.features[:3](torch.rand(4, 1, 28, 28))
+    assert output.is_contiguous(memory_format=torch.channels_last) and not output.is_contiguous()

@@ -26,16 +26,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def snakemake_command(folder: Path, config: Path = TINY, *extra: str) -> list[str]:
+    return [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
+            "--configfile", str(config), "--cores", "2", *extra]
+
+
 def snakemake(folder: Path, *extra: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
-    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-               "--configfile", str(config), "--cores", "2", *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(snakemake_command(folder, config, *extra), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
-def mlflow_runs(folder: Path, study: str = "tiny") -> list:
+def mlflow_runs(folder: Path, study: str = "tiny") -> tuple[MlflowClient, list]:
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(study)
     return client, client.search_runs([experiment.experiment_id]) if experiment else []
@@ -150,10 +153,8 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, victim):
     config["experiments"]["lenet"]["loop"]["num_iters"] = 3
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(config))
-    command = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-               "--configfile", str(study), "--cores", "2"]
-    workflow = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    workflow = subprocess.Popen(snakemake_command(tmp_path, study), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     first = None
     while first is None:

@@ -1,11 +1,16 @@
-"""Training: reproducible, resumable by epoch, honest about accuracy, loud about divergence."""
+"""Training: reproducible, resumable, honest about accuracy, loud about divergence; its layout and precision."""
+
+import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from synthetic import synthetic_dataset
 
-from relief import checkpoints, models
+from relief import checkpoints, models, nnrelief
 from relief.checkpoints import CheckpointError
+from relief.compact import compact
+from relief.masks import apply_masks
 from relief.train import Divergence, TrainConfig, evaluate, make_optimizer, train
 
 SHAPE = (1, 8, 8)
@@ -108,7 +113,71 @@ def test_a_diverging_loss_stops_with_epoch_and_step():
         _fit(0, TrainConfig(epochs=2, lr=1e30, optimizer="sgd"), data)
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": "rmsprop"}, {"lr": 0.0}, {"batch_size": 0}])
+CONV_SHAPE = (1, 16, 16)  # the smallest input LeNet-5 takes
+
+
+def _fit_lenet5(config, masks=None):
+    data = synthetic_dataset(shape=CONV_SHAPE)
+    torch.manual_seed(0)
+    model = models.build("lenet5", data.num_classes, CONV_SHAPE)
+    if masks:
+        apply_masks(model, masks)
+    return model, train(model, data, config, seed=0, progress=False)
+
+
+def test_channels_last_trains_the_same_model_in_nhwc_layout():
+    """Only the memory layout changes: the weights end in NHWC, equal to the NCHW run's up to float rounding."""
+    config = TrainConfig(epochs=2, lr=0.01, optimizer="sgd")
+    nchw, expected = _fit_lenet5(config)
+    nhwc, result = _fit_lenet5(replace(config, channels_last=True))
+    assert nhwc.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nhwc.features[3].weight.is_contiguous()
+    for name, value in nchw.state_dict().items():
+        torch.testing.assert_close(nhwc.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert result.history[-1]["train_loss"] == pytest.approx(expected.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_channels_last_keeps_pruned_weights_at_zero():
+    torch.manual_seed(1)
+    mask = torch.rand(50, 20, 1, 1) < 0.3  # whole kernels, as NNrelief prunes them
+    model, _ = _fit_lenet5(TrainConfig(epochs=1, lr=0.05, optimizer="sgd", channels_last=True),
+                           {"features.3.weight": mask.expand(50, 20, 5, 5)})
+    weight = model.features[3].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert (weight[~mask.expand_as(weight)] == 0).all() and (weight[mask.expand_as(weight)] != 0).all()
+
+
+def test_a_model_in_nhwc_layout_prunes_and_compacts_as_in_nchw():
+    torch.manual_seed(0)
+    nchw = models.build("lenet5", 4, CONV_SHAPE)
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    images = torch.rand(300, *CONV_SHAPE)
+    expected, masks = nnrelief.prune(nchw, images), nnrelief.prune(nhwc, images)
+    assert masks.keys() == expected.keys()
+    assert all(torch.equal(masks[name], expected[name]) for name in masks)
+    apply_masks(nhwc, masks)
+    small = compact(nhwc, masks, images[:100])
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(images), nhwc.eval()(images), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_trains_under_autocast_with_float32_weights_and_is_recorded(tmp_path):
+    data = synthetic_dataset(shape=SHAPE)
+    torch.manual_seed(0)
+    model = models.build("lenet300-100", data.num_classes, SHAPE)
+    seen = set()
+    model.classifier[0].register_forward_hook(lambda _, __, output: seen.add((model.training, output.dtype)))
+    config = TrainConfig(epochs=3, lr=1e-3, precision="bf16")
+    result = train(model, data, config, seed=0, progress=False, checkpoint=tmp_path / "epoch.pt")
+    assert seen == {(True, torch.bfloat16), (False, torch.float32)}  # training steps in bf16, evaluation in fp32
+    assert all(value.dtype == torch.float32 for value in model.state_dict().values())
+    assert result.test_accuracy_pct > 90  # 4 classes: chance is 25 %
+    assert checkpoints.load(tmp_path / "epoch.pt")["run"]["config"]["precision"] == "bf16"
+    fp32, _ = _fit(0, replace(config, precision="fp32"), data)
+    assert not torch.equal(fp32.classifier[0].weight, model.classifier[0].weight)
+
+
+@pytest.mark.parametrize("bad", [{"precision": "fp16"}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"batch_size": 0}])
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig(**{"epochs": 1, "lr": 1e-3, **bad})

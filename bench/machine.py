@@ -1,0 +1,26 @@
+"""What every benchmark prints about the machine it ran on, and the --threads option the CPU benchmarks share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def describe(threads: int) -> str:
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {threads}"
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    default = torch.get_num_threads()
+    parser.add_argument("--threads", type=int, default=default, help=f"torch.set_num_threads (default {default})")
