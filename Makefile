@@ -26,5 +26,9 @@ test: setup offline-data
 	bash scripts/install-browser.sh
 	$(PYTHON) -m pytest
 
-bench: setup
+# The CPU benchmarks (a quarter of an hour on 2 cores); bench/study.py and bench/gpu.py are run on their own.
+bench: setup offline-data
+	$(PYTHON) bench/training.py
+	$(PYTHON) bench/data.py
 	$(PYTHON) bench/scoring.py
+	$(PYTHON) bench/inference.py
