@@ -38,7 +38,6 @@ from relief.models import build
 BATCH_SIZE = 120
 
 
-
 def iterate(batches: Iterable) -> float:
     """Seconds to draw every batch."""
     start = time.perf_counter()

@@ -67,7 +67,6 @@ FORWARD_BATCH = 250
 TARGET = 0.9  # relief / bare
 
 
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -48,7 +48,6 @@ NUM_CLASSES = 10
 EXAMPLE = 250  # images given to compact() and used to compare outputs
 
 
-
 def pruned_models(model_name: str, n: int, passes: int) -> dict:
     """The dense, masked and compact models (on the CPU, eval mode), their sizes and the pruning time."""
     shape = MODELS[model_name]

@@ -131,7 +131,6 @@ def measure(model_name: str, norm: str, n: int, repeats: int) -> dict:
     }
 
 
-
 def _report(args) -> None:
     print(
         f"# {describe(args.threads)}, "

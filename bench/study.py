@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py, next to this file
+
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("fetch", "dense", "prune", "ingest", "report")
 
@@ -84,7 +86,7 @@ def main() -> None:
             raise SystemExit(f"{args.folder} is not empty: give a new --folder, or --no-run to read its benchmarks")
         args.folder.mkdir(parents=True, exist_ok=True)
         wall = run_study(args.folder, args.configfile, args.cores)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}")
     print(table(jobs_by_stage(args.folder / "runs"), wall))
 
 

@@ -43,7 +43,6 @@ NUM_CLASSES = 10
 TARGET = 1.10  # masked / dense
 
 
-
 def nnrelief_like_masks(model: nn.Module, keep: float, generator: torch.Generator) -> Masks:
     """Random masks on the tensors that NNrelief masks: Conv2d/Linear weights (per kernel), biases and BatchNorm."""
     masks: Masks = {}

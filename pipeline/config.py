@@ -79,7 +79,7 @@ class Experiment(Strict):
     nnrelief: NNreliefSettings = NNreliefSettings()
     gpus: Annotated[int, Field(ge=0)] = 0  # GPUs each training/pruning job asks the scheduler for
     precision: Literal[PRECISIONS] = "fp32"  # bf16: training under bfloat16 autocast
-    channels_last: bool = False  # NHWC memory layout in training (faster convolutions on GPUs)
+    channels_last: bool = False  # NHWC memory layout in training (faster convolutions, CPU and GPU)
 
 
 class Report(Strict):

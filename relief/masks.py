@@ -35,9 +35,11 @@ class Mask(nn.Module):
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         product = tensor * self._factor_for(tensor)
-        if product.stride() != tensor.stride():
-            # Only the stride of a size-1 dim can differ: it addresses no memory, but it is how a conv weight with
-            # one input channel says channels_last, and without it the convolution falls back to NCHW.
+        if product.stride() != tensor.stride() and all(
+            ours == its or size == 1 for ours, its, size in zip(product.stride(), tensor.stride(), tensor.shape)
+        ):
+            # A size-1 dim's stride addresses no memory, but it is how a conv weight with one input channel says
+            # channels_last; the product drops it, and the convolution would fall back to NCHW.
             product = product.as_strided(tensor.size(), tensor.stride())
         return product
 

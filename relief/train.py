@@ -35,7 +35,7 @@ class TrainConfig:
     gamma: float = 0.1
     batch_size: int = 120
     precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast; weights and optimizer stay float32
-    channels_last: bool = False  # NHWC memory layout for the model and the image batches (faster convs on GPUs)
+    channels_last: bool = False  # NHWC memory layout for the model and the image batches (faster convolutions)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:

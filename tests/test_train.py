@@ -16,9 +16,11 @@ from relief.train import Divergence, TrainConfig, evaluate, make_optimizer, trai
 SHAPE = (1, 8, 8)
 
 
-def _fit(seed, config, data, **kwargs):
+def _fit(seed, config, data, architecture="lenet300-100", masks=None, **kwargs):
     torch.manual_seed(seed)
-    model = models.build("lenet300-100", data.num_classes, SHAPE)
+    model = models.build(architecture, data.num_classes, data.input_shape)
+    if masks:
+        apply_masks(model, masks)
     return model, train(model, data, config, seed=seed, progress=False, **kwargs)
 
 
@@ -117,12 +119,7 @@ CONV_SHAPE = (1, 16, 16)  # the smallest input LeNet-5 takes
 
 
 def _fit_lenet5(config, masks=None):
-    data = synthetic_dataset(shape=CONV_SHAPE)
-    torch.manual_seed(0)
-    model = models.build("lenet5", data.num_classes, CONV_SHAPE)
-    if masks:
-        apply_masks(model, masks)
-    return model, train(model, data, config, seed=0, progress=False)
+    return _fit(0, config, synthetic_dataset(shape=CONV_SHAPE), "lenet5", masks)
 
 
 def test_channels_last_trains_the_same_model_in_nhwc_layout():
