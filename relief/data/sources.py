@@ -7,6 +7,7 @@ verified, so a failed fetch leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -15,7 +16,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
@@ -155,7 +156,8 @@ DATASETS: dict[str, DatasetSpec] = {
         format="tiny-imagenet",
         folder="tiny-imagenet-200",
         urls=("http://cs231n.stanford.edu/",),
-        files=(FileSpec("tiny-imagenet-200.zip", None),),  # no official MD5 is published: not checked
+        # No MD5 is published with the zip; this one is recorded by many independent loaders (Avalanche among them).
+        files=(FileSpec("tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"),),
         members=(),
         mean=(0.4802, 0.4481, 0.3975),
         std=(0.2770, 0.2691, 0.2821),
@@ -164,6 +166,44 @@ DATASETS: dict[str, DatasetSpec] = {
         augment=True,
     ),
 }
+
+
+CHECKSUMS_FORMAT = "relief dataset checksums, version 1"
+
+
+def write_checksums(specs: dict[str, DatasetSpec], path: Path) -> Path:
+    """Write the checksums of ``specs`` (their files and archive members) to ``path``, readable by read_checksums."""
+    def entries(files: tuple[FileSpec, ...]) -> list[dict]:
+        return [{"name": file.name, "md5": file.md5, "content_md5": file.content_md5} for file in files]
+
+    document = {"format": CHECKSUMS_FORMAT, "datasets": {
+        name: {"files": entries(spec.files), "members": entries(spec.members)} for name, spec in specs.items()}}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def read_checksums(path: str | Path) -> dict[str, DatasetSpec]:
+    """The specs of the datasets a checksum file lists: each registered spec with the file's checksums instead of the
+    pinned ones (for stand-in data, see relief.data.standin). Raises DatasetError naming the file if it is not one."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+        if document.get("format") != CHECKSUMS_FORMAT:
+            raise ValueError(f"its format is {document.get('format')!r}, expected {CHECKSUMS_FORMAT!r}")
+        specs = {}
+        for name, entry in document["datasets"].items():
+            if name not in DATASETS:
+                raise ValueError(f"it lists an unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+            files, members = ([FileSpec(**file) for file in entry[key]] for key in ("files", "members"))
+            names = ([f.name for f in DATASETS[name].files], [f.name for f in DATASETS[name].members])
+            if ([f.name for f in files], [f.name for f in members]) != names:
+                raise ValueError(f"{name}: it lists files {[f.name for f in files]} and members "
+                                 f"{[f.name for f in members]}, expected {names[0]} and {names[1]}")
+            specs[name] = replace(DATASETS[name], files=tuple(files), members=tuple(members))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DatasetError(f"{path} is not a readable checksum file ({type(error).__name__}: {error}); "
+                           "scripts/standin_data.py writes one") from None
+    return specs
 
 
 def bad_file_error(path: Path, problem: str) -> DatasetError:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.utils import calculate_md5
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
@@ -27,6 +28,7 @@ from relief.data.sources import (
 
 CACHE_NAME = "uint8-tensors.pt"
 _VAL_DONE = ".relief-val-sorted"  # marks val/ as sorted into class folders
+_SOURCE = ".relief-source-md5"  # the MD5 of the zip the folder was extracted from
 
 
 def _zip_problem(archive: Path, scratch: Path, spec: DatasetSpec) -> str | None:
@@ -47,8 +49,17 @@ def _extract(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bo
             if problem is not None:
                 raise bad_file_error(archive, problem)
         else:
-            fetch(spec, spec.files[0], scratch, mirrors, check)
+            archive = fetch(spec, spec.files[0], scratch, mirrors, check)
+        (scratch / spec.folder / _SOURCE).write_text(calculate_md5(archive))
         os.replace(scratch / spec.folder, root / spec.folder)
+
+
+def _source_problem(spec: DatasetSpec, folder: Path) -> str | None:
+    """Why the extracted ``folder`` is not from ``spec``'s zip, or None (also when unknown: extracted elsewhere)."""
+    expected, marker = spec.files[0].md5, folder / _SOURCE
+    if expected is None or not marker.exists() or (found := marker.read_text().strip()) == expected:
+        return None
+    return f"it was extracted from a {spec.files[0].name} with MD5 {found}, expected {expected}"
 
 
 def _sort_val(folder: Path) -> None:
@@ -119,6 +130,8 @@ def _load_cache(cache: Path) -> tuple[Images, Images]:
 def read(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bool) -> tuple[Images, Images]:
     """(train, test) images and labels; test is the official labelled val set."""
     folder = root / spec.folder
+    if folder.exists() and (problem := _source_problem(spec, folder)):
+        raise bad_file_error(folder, problem)
     cache = folder / CACHE_NAME
     if cache.exists():
         return _load_cache(cache)
