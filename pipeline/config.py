@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from relief.data import DATASETS
 from relief.loop import REWINDS
@@ -21,6 +21,17 @@ Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe
 DatasetName = Literal[tuple(sorted(DATASETS))]
 Architecture = Literal[MODEL_NAMES]
 PrunerName = Literal[tuple(PRUNERS)]
+PrunerEntry = PrunerName  # one entry of a `pruners` list, the study's or an experiment's
+
+
+def _includes_nnrelief(pruners: list) -> list:
+    if "nnrelief" not in pruners:
+        raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
+    return pruners
+
+
+Pruners = Annotated[list[PrunerEntry], Field(min_length=1), AfterValidator(_includes_nnrelief)]
+Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class Strict(BaseModel):
@@ -33,6 +44,8 @@ class Data(Strict):
     download: bool = True
     val_size: Annotated[int, Field(ge=0)] = 5000
     train_limit: Positive | None = None  # use only the first N training images (quick studies)
+    test_limit: Positive | None = None  # use only N test images, a fixed random subset (quick studies)
+    checksums: Text | None = None  # a checksum file (scripts/standin_data.py) replacing the pinned checksums
 
 
 class Mlflow(Strict):
@@ -77,6 +90,8 @@ class Experiment(Strict):
     retrain: Phase
     loop: Loop
     nnrelief: NNreliefSettings = NNreliefSettings()
+    pruners: Pruners | None = None  # this experiment's pruners instead of the study's
+    seeds: Seeds | None = None  # this experiment's seeds instead of the study's
     gpus: Annotated[int, Field(ge=0)] = 0  # GPUs each training/pruning job asks the scheduler for
     precision: Literal[PRECISIONS] = "fp32"  # bf16: training under bfloat16 autocast
     channels_last: bool = False  # NHWC memory layout in training (faster convolutions, CPU and GPU)
@@ -88,23 +103,18 @@ class Report(Strict):
 
 class Study(Strict):
     study: Name
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-    pruners: Annotated[list[PrunerName], Field(min_length=1)]
+    seeds: Seeds
+    pruners: Pruners
     experiments: Annotated[dict[Name, Experiment], Field(min_length=1)]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Positive = 1  # CPU threads per job
+    gpu_jobs_per_device: Positive = 1  # jobs that share one GPU at a time (pipeline/gpus.py)
+    time_inference: bool = True  # time dense, masked and compact inference in each pruning job (off: quick studies)
     runs_dir: Text = "runs"
     results_dir: Text = "results"
     data: Data = Data()
     mlflow: Mlflow = Mlflow()
     report: Report = Report()
-
-    @field_validator("pruners")
-    @classmethod
-    def _nnrelief_first(cls, pruners: list[str]) -> list[str]:
-        if "nnrelief" not in pruners:
-            raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
-        return pruners
 
     @model_validator(mode="after")
     def _rewind_within_pretraining(self) -> Study:
@@ -115,6 +125,12 @@ class Study(Strict):
                     f"experiments.{name}.pretrain.epochs ({experiment.pretrain.epochs})"
                 )
         return self
+
+    def pruners_of(self, experiment: Experiment) -> list:
+        return experiment.pruners or self.pruners
+
+    def seeds_of(self, experiment: Experiment) -> list[int]:
+        return experiment.seeds or self.seeds
 
 
 class ConfigError(ValueError):

@@ -15,8 +15,10 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--out", required=True, type=Path, help="where to write the dataset's sizes")
     args = parser.parse_args()
-    data = jobs.runtime()["data"]
-    loaded = load(args.dataset, data["root"], mirrors=data["mirrors"], download=data["download"])
+    settings = jobs.runtime()
+    data = settings["data"]
+    loaded = load(args.dataset, data["root"], mirrors=data["mirrors"], download=data["download"],
+                  val_size=data["val_size"], spec=jobs.dataset_spec(args.dataset, settings))
     write_json({
         "dataset": args.dataset,
         "images": {"train": len(loaded.train.labels), "val": len(loaded.val.labels), "test": len(loaded.test.labels)},

@@ -11,7 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pipeline.config import Experiment, Study
+from pipeline.config import ConfigError, Experiment, Study
+from relief.data import DatasetError, read_checksums
 
 HASH_LENGTH = 16
 
@@ -49,17 +50,18 @@ class Plan:
 def plan(study: Study) -> Plan:
     dense: dict[str, Job] = {}
     prune: dict[str, Job] = {}
+    checksums = _checksums(study)
     for name, experiment in study.experiments.items():
         for architecture in experiment.architectures:
             for optimizer in experiment.optimizers:
-                for seed in study.seeds:
+                for seed in study.seeds_of(experiment):
                     labels = {"experiment": name, "dataset": experiment.dataset, "architecture": architecture,
                               "optimizer": optimizer, "seed": seed}
-                    trained = _dense_job(study, experiment, labels)
+                    trained = _dense_job(study, experiment, labels, checksums.get(experiment.dataset))
                     dense[trained.hash] = trained
                     reference = _prune_job(experiment, trained, "nnrelief", None, labels)
                     prune[reference.hash] = reference
-                    for pruner in study.pruners:
+                    for pruner in study.pruners_of(experiment):
                         if pruner != "nnrelief":
                             job = _prune_job(experiment, trained, pruner, reference.hash, labels)
                             prune[job.hash] = job
@@ -67,7 +69,19 @@ def plan(study: Study) -> Plan:
     return Plan(dense=dense, prune=prune, datasets=datasets)
 
 
-def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
+def _checksums(study: Study) -> dict[str, str]:
+    """Per dataset that ``data.checksums`` lists, the hash of its checksums: other files, other data, other jobs."""
+    if study.data.checksums is None:
+        return {}
+    try:
+        specs = read_checksums(study.data.checksums)
+    except DatasetError as error:
+        raise ConfigError(f"data.checksums: {error}") from None
+    return {name: config_hash({"files": [vars(f) for f in spec.files], "members": [vars(f) for f in spec.members]})
+            for name, spec in specs.items()}
+
+
+def _dense_job(study: Study, experiment: Experiment, labels: dict, checksums: str | None) -> Job:
     piece = {
         "dataset": experiment.dataset,
         "val_size": study.data.val_size,
@@ -81,6 +95,10 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
     }
     if experiment.loop.rewind == "epoch":
         piece["rewind_epoch"] = experiment.loop.rewind_epoch
+    if study.data.test_limit is not None:  # new settings enter the slice only when set: older hashes stay
+        piece["test_limit"] = study.data.test_limit
+    if checksums is not None:
+        piece["checksums"] = checksums
     return Job("dense", config_hash(piece), piece, {**labels, "pruner": "none"}, experiment.gpus)
 
 

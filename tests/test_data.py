@@ -392,7 +392,7 @@ def test_tiny_imagenet_from_local_mirror_and_cache(tmp_path, tiny_mirror, monkey
         "val_3.JPEG",
     ]
     # The cache answers from now on, also read-only: no image is decoded again.
-    monkeypatch.setattr("relief.data.tiny_imagenet.ImageFolder", None)
+    monkeypatch.setattr("relief.data.tiny_imagenet._decode", None)
     unwritable(monkeypatch, root)
     again = load("tiny-imagenet", root, val_size=3, download=False, spec=spec)
     assert torch.equal(again.test.images, data.test.images) and torch.equal(again.train.images, data.train.images)

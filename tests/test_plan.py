@@ -86,7 +86,7 @@ CASES = [
     (("study",), _DELETE, "study"),
     (("experiments",), _DELETE, "experiments"),
     (("data", "val_size"), -1, "data.val_size"),
-    (("data", "mirror"), ["x"], "allowed keys here: download, mirrors, root, train_limit, val_size"),
+    (("data", "mirror"), ["x"], "allowed keys here: checksums, download, mirrors, root, test_limit, train_limit, val_size"),
     (("mlflow", "uri"), "x", "mlflow.uri"),
     (("report", "accuracy_tolerance_pct"), "high", "report.accuracy_tolerance_pct"),
     ((*EXPERIMENT, "dataset"), "imagenet", "'cifar10', 'cifar100', 'fashion-mnist', 'mnist' or 'tiny-imagenet'"),

@@ -9,9 +9,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.utils import calculate_md5
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from relief.data.sources import (
@@ -20,6 +17,7 @@ from relief.data.sources import (
     Images,
     bad_file_error,
     fetch,
+    file_md5,
     md5_problem,
     missing_error,
     scratch_folder,
@@ -50,7 +48,7 @@ def _extract(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bo
                 raise bad_file_error(archive, problem)
         else:
             archive = fetch(spec, spec.files[0], scratch, mirrors, check)
-        (scratch / spec.folder / _SOURCE).write_text(calculate_md5(archive))
+        (scratch / spec.folder / _SOURCE).write_text(file_md5(archive))
         os.replace(scratch / spec.folder, root / spec.folder)
 
 
@@ -94,6 +92,9 @@ def _sort_val(folder: Path) -> None:
 
 def _decode(folder: Path, classes: list[str] | None = None) -> tuple[Images, list[str]]:
     """Decode every image of an ImageFolder into one (N, 3, 64, 64) uint8 tensor."""
+    from torchvision.datasets import ImageFolder  # here: a job that reads the cache starts without torchvision
+    from torchvision.transforms.functional import pil_to_tensor
+
     found = ImageFolder(folder)
     if classes is not None and found.classes != classes:
         raise DatasetError(
