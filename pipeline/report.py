@@ -104,7 +104,9 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished + failed:
         by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
-    study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
+    by_experiment = defaultdict(set)  # an experiment's own pruners (experiments may name their own)
+    for run in finished + failed:
+        by_experiment[run["labels"]["experiment"]].add(run["labels"]["pruner"])
     triples = [key[1:] for key in by_key]
     result = []
     for key in sorted(by_key):
@@ -115,8 +117,9 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
         name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
         iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
         failures = sorted((r for r in by_key[key] if r["metrics"] is None), key=_failure_order)
-        result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=iteration, tolerance=tolerance, failures=failures))
+        result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner),
+                            pruners=pruner_order(by_experiment[key[0]] - {"none"}), iteration=iteration,
+                            tolerance=tolerance, failures=failures))
     return result
 
 

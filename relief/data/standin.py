@@ -96,11 +96,13 @@ def write_cifar(folder: Path, spec: DatasetSpec, batches: dict[str, tuple[np.nda
     classes = [Py2Str(f"class{i}".encode()) for i in range(spec.num_classes)]
     contents[spec.members[-1].name] = py2_pickle({Py2Str(names_key): classes})
     archive = folder / spec.files[0].name
-    with tarfile.open(archive, "w:gz") as tar:
+    tarball = io.BytesIO()
+    with tarfile.open(fileobj=tarball, mode="w") as tar:
         for member, content in contents.items():
-            info = tarfile.TarInfo(f"{spec.folder}/{member}")
+            info = tarfile.TarInfo(f"{spec.folder}/{member}")  # mtime 0: the same bytes, the same MD5, every time
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
+    archive.write_bytes(gzip.compress(tarball.getvalue(), mtime=0))
     return replace(
         spec,
         files=(FileSpec(archive.name, md5(archive.read_bytes())),),
@@ -126,19 +128,23 @@ def write_tiny_imagenet(folder: Path, spec: DatasetSpec, wnids: list[str], train
     base = spec.folder
     archive = folder / spec.files[0].name
     with zipfile.ZipFile(archive, "w") as out:
-        out.writestr(f"{base}/wnids.txt", "".join(f"{wnid}\n" for wnid in wnids))
-        out.writestr(f"{base}/words.txt", "".join(f"{wnid}\tthing {wnid}\n" for wnid in wnids))
+
+        def write(name: str, data: str | bytes) -> None:  # a fixed date: the same bytes, the same MD5, every time
+            out.writestr(zipfile.ZipInfo(f"{base}/{name}", date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+        write("wnids.txt", "".join(f"{wnid}\n" for wnid in wnids))
+        write("words.txt", "".join(f"{wnid}\tthing {wnid}\n" for wnid in wnids))
         for wnid, images in train.items():
-            out.writestr(f"{base}/train/{wnid}/{wnid}_boxes.txt",
-                         "".join(f"{wnid}_{k}.JPEG\t0\t0\t63\t63\n" for k in range(len(images))))
+            boxes = "".join(f"{wnid}_{k}.JPEG\t0\t0\t63\t63\n" for k in range(len(images)))
+            write(f"train/{wnid}/{wnid}_boxes.txt", boxes)
             for k, image in enumerate(images):
-                out.writestr(f"{base}/train/{wnid}/images/{wnid}_{k}.JPEG", image)
+                write(f"train/{wnid}/images/{wnid}_{k}.JPEG", image)
         annotations = []
         for k, (wnid, image) in enumerate(val):
-            out.writestr(f"{base}/val/images/val_{k}.JPEG", image)
+            write(f"val/images/val_{k}.JPEG", image)
             annotations.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63\n")
-        out.writestr(f"{base}/val/val_annotations.txt", "".join(annotations))
-        out.writestr(f"{base}/test/images/test_0.JPEG", jpeg((0, 0, 0)))
+        write("val/val_annotations.txt", "".join(annotations))
+        write("test/images/test_0.JPEG", jpeg((0, 0, 0)))
     return replace(spec, files=(FileSpec(archive.name, md5(archive.read_bytes())),))
 
 
