@@ -1,4 +1,4 @@
-"""Everything a GPU session measures for issue 13, in one command (about 11 minutes on an H200, 16 CPU cores):
+"""Everything a GPU session measures for issue 13, in one command (its steps' time limits add up to 11.5 minutes):
 
 1. ``env``: the device (nvidia-smi), torch, and which pipeline packages are importable;
 2. ``throughput``: bench/gpu.py for every architecture of configs/paper.yaml, fp32 and bf16, NCHW and
@@ -59,9 +59,9 @@ def commands(step: str, out: Path, tiny: bool, throughput: Path) -> list[list[st
         sizes = (["--device", "cpu", "--architectures", "lenet5", "--jobs", "1", "2", "--train-images", "128",
                   "--eval-images", "16", "--seconds", "2"] if tiny else ["--seconds", "10"])
         return [[python, str(BENCH / "gpu_share.py"), *sizes, "--out", str(throughput)]]
-    if step == "smoke":  # in its own folder: the data as make paper-smoke has it, runs and MLflow artifacts there
+    if step == "smoke":  # in a folder of its own: stand-ins, data, runs, MLflow artifacts
         config = smoke_config(out, tiny)
-        return [[python, str(REPO / "scripts" / "standin_data.py"), "--out", str(REPO / "data" / "standin")],
+        return [[python, str(REPO / "scripts" / "standin_data.py"), "--out", str(SMOKE / "standin")],
                 [str(Path(python).parent / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
                  str(SMOKE), "--cores", "all", "--configfile", str(config)],
                 [python, "-m", "pipeline.check", "--configfile", str(config)],
@@ -76,9 +76,10 @@ def smoke_config(out: Path, tiny: bool) -> Path:
     """configs/paper-smoke.yaml on CUDA with 8 jobs per GPU (tiny: on the CPU, one LeNet cell), for the folder SMOKE
     (runs and MLflow artifacts: large), with its results and MLflow database under --out."""
     config = yaml.safe_load((REPO / "configs" / "paper-smoke.yaml").read_text())
-    data = config["data"]
-    data.update(root=str(SMOKE / "data"), mirrors=[str(REPO / mirror) for mirror in data["mirrors"]],
-                checksums=str(REPO / data["checksums"]))
+    data = config["data"]  # data/standin/<dataset> -> SMOKE/standin/<dataset>
+    data.update(root=str(SMOKE / "data"), mirrors=[str(SMOKE / Path(mirror).relative_to("data")) for mirror in
+                                                   data["mirrors"]],
+                checksums=str(SMOKE / Path(data["checksums"]).relative_to("data")))
     config.update(device="cpu" if tiny else "cuda", gpu_jobs_per_device=8, runs_dir=str(SMOKE / "runs"),
                   results_dir=str(out / "smoke-results"),
                   mlflow={"tracking_uri": f"sqlite:///{out / 'smoke-mlflow.db'}",

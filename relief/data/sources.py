@@ -184,7 +184,9 @@ def write_checksums(specs: dict[str, DatasetSpec], path: Path) -> Path:
 
     document = {"format": CHECKSUMS_FORMAT, "datasets": {
         name: {"files": entries(spec.files), "members": entries(spec.members)} for name, spec in specs.items()}}
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, path)  # readers (running jobs) see the old file or the new one, never half of one
     return path
 
 
