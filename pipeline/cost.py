@@ -175,7 +175,7 @@ def report(study: Study, found: list[Row], throughput: Throughput | None, gpus: 
               f"{sum(r.image_passes for r in found):,} training image passes, "
               f"{_si(sum(r.training_macs for r in found), 'MAC')} training multiply-adds (dense-equivalent)."]
     if throughput:
-        partial = f" (without {', '.join(missing)}: no throughput measured)" if missing else ""
+        partial = f" (without {', '.join(sorted(set(missing)))}: no throughput measured)" if missing else ""
         gains = {row.architecture: throughput.sharing_gain(row.architecture, per_gpu) for row in found}
         unmeasured = sorted(a for a, g in gains.items() if g is None)
         wall = max(total_hours / gpus, chain_hours)
