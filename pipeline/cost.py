@@ -197,12 +197,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.gpus < 1 or args.jobs_per_gpu < 1:
         parser.error("--gpus and --jobs-per-gpu must be at least 1")
+    throughput = Throughput.read(args.throughput) if args.throughput else None
     try:
         study = load_study(yaml.safe_load(args.configfile.read_text()))
         found = rows(study)
     except ConfigError as error:
         raise SystemExit(f"{args.configfile}: {error}") from None
-    throughput = Throughput.read(args.throughput) if args.throughput else None
     print(report(study, found, throughput, args.gpus, args.jobs_per_gpu))
 
 
