@@ -25,6 +25,7 @@ from relief.scores import CONV_NORMS, ScoreAccumulator
 RULES = ("paper", "official")
 FC_INPUTS = ("unpruned", "conv-pruned")
 VARIANTS = ("paper", "authors")
+_LENETS = ("lenet5", "lenet300-100")  # pruned by the authors' lenet_prune.py
 _BATCH = 250  # images per forward when the pruning set is given as one tensor
 
 
@@ -75,16 +76,16 @@ def variant_settings(variant: str, architecture: str | None = None) -> dict[str,
     """``conv_norm``, ``rule`` and ``fc_inputs`` of a variant of the method, to pass on to :func:`prune`.
 
     ``"paper"``: the paper's definitions (``fro``, ``paper``, ``unpruned``). ``"authors"``: what the authors' code
-    (adekhovich/NNrelief) runs for ``architecture``, a name of ``relief.models``: ``l1`` for ``lenet5``
-    (lenet_prune.py), ``fro-mean`` otherwise (vgg_prune.py and resnet_prune.py, whose conv code is the general one),
-    rule ``official`` and FC inputs ``conv-pruned`` (for a model without convolutions, such as LeNet-300-100, the
-    same as ``unpruned``).
+    (adekhovich/NNrelief) runs for ``architecture``, a name of ``relief.models``: conv norm ``l1`` for the LeNets
+    (lenet_prune.py; LeNet-300-100 has no conv, so it changes nothing there), ``fro-mean`` for every other model
+    (vgg_prune.py and resnet_prune.py, whose conv code is the general one); rule ``official``; FC inputs
+    ``conv-pruned`` (without convolutions, as in LeNet-300-100, the same as ``unpruned``).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if variant == "paper":
         return {"conv_norm": "fro", "rule": "paper", "fc_inputs": "unpruned"}
-    return {"conv_norm": "l1" if architecture == "lenet5" else "fro-mean", "rule": "official",
+    return {"conv_norm": "l1" if architecture in _LENETS else "fro-mean", "rule": "official",
             "fc_inputs": "conv-pruned"}
 
 
