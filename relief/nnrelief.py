@@ -213,8 +213,8 @@ def _rescore_linears(model, graph, recorder, batches, alpha_fc, rule, previous, 
     """Replace the Linear layers' masks in ``result`` by their selection on a forward pass with the conv masks on.
 
     Before that pass, units are removed as :func:`clean_up` would remove them if the Linear layers kept every column
-    that received a signal, so that a unit silent on the pruning set, which the authors' code zeroes with its
-    BatchNorm, emits nothing instead of what its remaining kernels would pass.
+    that received a signal, so that a unit silent on the pruning set, which the authors' code zeroes (kernels, bias
+    and BatchNorm), emits nothing instead of what its remaining kernels would pass.
     """
     linears = [name for name, layer in graph.layers.items() if isinstance(layer, nn.Linear)]
     if not linears:
@@ -232,7 +232,7 @@ def _rescore_linears(model, graph, recorder, batches, alpha_fc, rule, previous, 
         second = _PassRecorder(graph, recorder.conv_norm, linears)
         for batch in batches:
             second.run(batch)
-        rescored = _select(graph, second, 1.0, alpha_fc, rule, previous)
+        rescored = _select(graph, second, 1.0, alpha_fc, rule, previous)  # alpha_conv unused: Linear layers only
     result.update({key: rescored[key] for key in result if key.rpartition(".")[0] in linears})
 
 
