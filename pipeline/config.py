@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from relief.data import DATASETS
 from relief.loop import REWINDS
 from relief.models import MODEL_NAMES
-from relief.nnrelief import RULES
+from relief.nnrelief import FC_INPUTS, RULES, VARIANTS
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
 from relief.train import PRECISIONS
@@ -62,11 +71,36 @@ class Loop(Strict):
     prune_set_size: Positive = 1000
 
 
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
 class NNreliefSettings(Strict):
     alpha_conv: Alpha = 0.9
     alpha_fc: Alpha = 0.95
     conv_norm: Literal[CONV_NORMS] = "fro"
     rule: Literal[RULES] = "paper"
+    fc_inputs: Literal[FC_INPUTS] = "unpruned"
+    # "paper": conv_norm, rule and fc_inputs as set here; "authors": those of the authors' code, per architecture
+    # (relief.nnrelief.variant_settings). A list runs each as its own NNrelief job, with its own baselines.
+    variant: Annotated[list[Literal[VARIANTS]], BeforeValidator(_as_list), Field(min_length=1)] = ["paper"]
+
+    @model_validator(mode="after")
+    def _variants_are_distinct_and_unambiguous(self) -> NNreliefSettings:
+        problem = None
+        if len(set(self.variant)) < len(self.variant):
+            problem = f"lists a variant twice ({self.variant})"
+        elif "authors" in self.variant:
+            explicit = [name for name in ("conv_norm", "rule", "fc_inputs") if name in self.model_fields_set]
+            if explicit:
+                problem = (f"'authors' sets conv_norm, rule and fc_inputs from the architecture, as the authors' code "
+                           f"does; remove {', '.join(explicit)} from this section (to run 'paper' with other "
+                           "settings beside 'authors', use two experiments)")
+        if problem:
+            error = PydanticCustomError("variant", "variant {problem}", {"problem": problem})
+            raise ValidationError.from_exception_data(
+                type(self).__name__, [InitErrorDetails(type=error, loc=("variant",), input=self.variant)])
+        return self
 
 
 class Experiment(Strict):

@@ -37,8 +37,9 @@ _ATTEMPTS = 8
 
 
 def run_name(labels: dict) -> str:
+    variant = f" / {labels['variant']} variant" if "variant" in labels else ""
     return " / ".join(str(labels[k]) for k in ("architecture", "dataset", "optimizer", "pruner")) + \
-        f" / seed {labels['seed']}"
+        f"{variant} / seed {labels['seed']}"
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:

@@ -11,7 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pipeline.config import Experiment, Study
+from pipeline.config import Experiment, NNreliefSettings, Study
+from relief.nnrelief import variant_settings
 
 HASH_LENGTH = 16
 
@@ -57,12 +58,14 @@ def plan(study: Study) -> Plan:
                               "optimizer": optimizer, "seed": seed}
                     trained = _dense_job(study, experiment, labels)
                     dense[trained.hash] = trained
-                    reference = _prune_job(experiment, trained, "nnrelief", None, labels)
-                    prune[reference.hash] = reference
-                    for pruner in study.pruners:
-                        if pruner != "nnrelief":
-                            job = _prune_job(experiment, trained, pruner, reference.hash, labels)
-                            prune[job.hash] = job
+                    for setting_labels, settings in nnrelief_settings(experiment, architecture):
+                        job_labels = {**labels, **setting_labels}
+                        reference = _prune_job(experiment, trained, "nnrelief", settings, job_labels)
+                        prune[reference.hash] = reference
+                        for pruner in study.pruners:
+                            if pruner != "nnrelief":
+                                job = _prune_job(experiment, trained, pruner, reference.hash, job_labels)
+                                prune[job.hash] = job
     datasets = tuple(sorted({e.dataset for e in study.experiments.values()}))
     return Plan(dense=dense, prune=prune, datasets=datasets)
 
@@ -84,7 +87,30 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
     return Job("dense", config_hash(piece), piece, {**labels, "pruner": "none"}, experiment.gpus)
 
 
-def _prune_job(experiment: Experiment, trained: Job, pruner: str, reference: str | None, labels: dict) -> Job:
+def nnrelief_settings(experiment: Experiment, architecture: str) -> list[tuple[dict, dict]]:
+    """Every NNrelief configuration the experiment runs on ``architecture``: its labels and its slice's settings.
+
+    The variant "paper" (the default) adds no label and, with fc_inputs at its default, nothing new to the slice, so
+    the hashes of studies that predate variants stay the same. Any other variant is labelled, and its settings are
+    resolved for the architecture and written out in the slice (and so in MLflow's params).
+    """
+    settings = experiment.nnrelief
+    configurations = []
+    for variant in settings.variant:
+        if variant == "paper":
+            piece = settings.model_dump(exclude={"variant"})
+            if piece["fc_inputs"] == NNreliefSettings.model_fields["fc_inputs"].default:
+                del piece["fc_inputs"]
+            configurations.append(({}, piece))
+        else:
+            piece = {"alpha_conv": settings.alpha_conv, "alpha_fc": settings.alpha_fc,
+                     **variant_settings(variant, architecture), "variant": variant}
+            configurations.append(({"variant": variant}, piece))
+    return configurations
+
+
+def _prune_job(experiment: Experiment, trained: Job, pruner: str, reference, labels: dict) -> Job:
+    """``reference``: for NNrelief its settings, for a baseline the hash of the NNrelief job whose counts it follows."""
     piece = {
         "dense": trained.hash,
         "pruner": pruner,
@@ -92,7 +118,7 @@ def _prune_job(experiment: Experiment, trained: Job, pruner: str, reference: str
         "loop": experiment.loop.model_dump(),
     }
     if pruner == "nnrelief":
-        piece["nnrelief"] = experiment.nnrelief.model_dump()
+        piece["nnrelief"] = reference
     else:
         piece["reference"] = reference
     return Job("prune", config_hash(piece), piece, {**labels, "pruner": pruner}, experiment.gpus)

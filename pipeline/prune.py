@@ -24,7 +24,7 @@ def pruner_for(piece: dict, seed: int, reference):
     """NNrelief with its settings, or a baseline with NNrelief's per-iteration counts (``reference``: its folder)."""
     name = piece["pruner"]
     if name == "nnrelief":
-        return build_pruner(name, **piece["nnrelief"])
+        return build_pruner(name, **{k: v for k, v in piece["nnrelief"].items() if k != "variant"})
     iterations = json.loads((reference / "metrics.json").read_text())["iterations"]
     if name == "layerwise-shuffle":
         masks = tuple(checkpoints.load(reference / f"iter_{i['iteration']:02d}.pt")["masks"] for i in iterations)

@@ -9,7 +9,12 @@ rows, fixed float formatting).
 Writes, under ``--out``:
 - ``summary.md``, ``summary.csv``, ``summary.tex``: one table across the study; ``metrics.json``: DVC's headline;
 - ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner;
-- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py.
+- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py;
+- ``variants.{md,csv}``, when a group ran more than one NNrelief variant (``nnrelief: {variant: [paper, authors]}``):
+  the variants side by side, iteration by iteration.
+
+A variant other than the paper's (the job label ``variant``) makes groups of its own, with its own NNrelief
+comparison iteration and baselines; their files end in ``_<variant>``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ COLUMNS = ("experiment", "dataset", "architecture", "optimizer", "pruner", "seed
            "remaining_pct_of_all", "compression_ratio", "dense_macs", "nonzero_macs", "structural_macs", "collapsed",
            *(f"speedup_batch_{size}" for size in INFERENCE_BATCHES), *INFERENCE_COLUMNS)
 GROUP_KEYS = ("experiment", "dataset", "architecture", "optimizer")
+PAPER = "paper"  # the variant of runs whose labels name none
 COLLAPSED = "†"  # a seed's network collapsed at the reported iteration
 MISSING = "—"  # no metrics for this pruner in this group
 NOTE_COLLAPSED = (f"{COLLAPSED} collapsed: in at least one seed a layer lost all its weights, or test accuracy fell to "
@@ -54,16 +60,22 @@ class Group:
     """One experiment x dataset x architecture x optimizer: its runs by pruner and the NNrelief comparison iteration."""
 
     key: tuple[str, str, str, str]
-    name: str  # file stem: dataset_architecture_optimizer (prefixed by the experiment when that alone is ambiguous)
+    name: str  # file stem: dataset_architecture_optimizer (prefixed by the experiment when that alone is ambiguous,
+    # suffixed by the variant when it is not the paper's)
     by_pruner: dict[str, list[dict]]
     pruners: list[str]  # every pruner of the study, NNrelief first: those absent here are missing rows
     iteration: int | None  # None: no finished NNrelief run, so no comparison (every row is missing)
     tolerance: float
     failures: list[dict]  # this group's failed jobs (dense or pruning), with their reasons
+    variant: str = PAPER  # the NNrelief variant its runs follow
 
     @property
     def title(self) -> str:
-        return " / ".join(self.key[1:])
+        return " / ".join(self.key[1:]) + ("" if self.variant == PAPER else f" / NNrelief {self.variant} variant")
+
+
+def variant_of(run: dict) -> str:
+    return run["labels"].get("variant", PAPER)
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -103,20 +115,21 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
     failed = [r for r in runs if r["failure"] is not None and r["metrics"] is None]
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished + failed:
-        by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
+        by_key[(tuple(run["labels"][k] for k in GROUP_KEYS), variant_of(run))].append(run)
     study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
-    triples = [key[1:] for key in by_key]
+    triples = [key[1:] for key in {key for key, _ in by_key}]
     result = []
-    for key in sorted(by_key):
+    for key, variant in sorted(by_key, key=lambda k: (k[0], k[1] != PAPER, k[1])):
         by_pruner: dict[str, list[dict]] = defaultdict(list)
-        for run in sorted(by_key[key], key=lambda r: r["labels"].get("seed", 0)):
+        for run in sorted(by_key[key, variant], key=lambda r: r["labels"].get("seed", 0)):
             if run["metrics"] is not None:
                 by_pruner[run["labels"]["pruner"]].append(run)
         name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
+        name += "" if variant == PAPER else f"_{variant}"
         iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
-        failures = sorted((r for r in by_key[key] if r["metrics"] is None), key=_failure_order)
+        failures = sorted((r for r in by_key[key, variant] if r["metrics"] is None), key=_failure_order)
         result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=iteration, tolerance=tolerance, failures=failures))
+                            iteration=iteration, tolerance=tolerance, failures=failures, variant=variant))
     return result
 
 
@@ -136,14 +149,23 @@ def _file_stem(name: str) -> str:
 def group_rows(group: Group) -> list[dict]:
     """One row per pruner of the study, NNrelief first; a pruner without runs (or short of the iteration) is missing."""
     table = []
+    variant = {} if group.variant == PAPER else {"variant": group.variant}
     for pruner in group.pruners:
         runs = [] if group.iteration is None else [
             r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= group.iteration]
         if runs:
-            table.append({**_row(group.key, pruner, runs, group.iteration), "missing": False})
+            table.append({**_row(group.key, pruner, runs, group.iteration), **variant, "missing": False})
         else:
-            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "missing": True})
+            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, **variant, "missing": True})
     return table
+
+
+def with_variant(columns: tuple[str, ...], table: list[dict]) -> tuple[str, ...]:
+    """``columns`` with "variant" after "optimizer" when a row follows a variant other than the paper's."""
+    if not any("variant" in row for row in table):
+        return columns
+    at = columns.index("optimizer") + 1
+    return (*columns[:at], "variant", *columns[at:])
 
 
 def _row(key: tuple, pruner: str, runs: list[dict], iteration: int) -> dict:
@@ -306,14 +328,15 @@ def comma_separated(table: list[dict], columns: tuple[str, ...] = COLUMNS) -> st
 
 def markdown(table: list[dict], failures: list[dict]) -> str:
     """The summary across the study, one row per group and pruner, then the failed jobs with their reasons."""
-    header = ["experiment", "dataset", "architecture", "optimizer", *(CELL_HEADERS[c] for c in GROUP_CELLS)]
-    body = [[row["experiment"], row["dataset"], row["architecture"], row["optimizer"],
-             *(_cells(row)[c] for c in GROUP_CELLS)] for row in table]
+    keys = with_variant(GROUP_KEYS, table)
+    header = [*keys, *(CELL_HEADERS[c] for c in GROUP_CELLS)]
+    body = [[row.get(key, PAPER) for key in keys] + [_cells(row)[c] for c in GROUP_CELLS] for row in table]
     notes = _notes(table)
     lines = _markdown_table(header, body) + [""] + [f"{note}  " for note in notes[:-1]] + [notes[-1]]
     if failures:
         lines += ["", "## Failed jobs", ""] + [
-            f"- {' / '.join(run['labels'][k] for k in GROUP_KEYS)}: {failure_line(run)}" for run in failures]
+            f"- {' / '.join(run['labels'][k] for k in GROUP_KEYS)}"
+            f"{'' if variant_of(run) == PAPER else ' / ' + variant_of(run)}: {failure_line(run)}" for run in failures]
     return "\n".join(lines) + "\n"
 
 
@@ -323,16 +346,102 @@ def summary_latex(table: list[dict], tolerance: float) -> str:
     lines = ["% Generated by pipeline/report.py from the runs' metrics.json files; do not edit.",
              "% Needs \\usepackage{booktabs}.", "\\begin{table}[htbp]", "\\centering", "\\scriptsize",
              f"\\caption{{{_latex_escape(caption)}}}", "\\label{tab:summary}"]
-    lines += _latex_tabular(["Dataset", "Architecture", "Optimizer"],
-                            [[r["dataset"], r["architecture"], r["optimizer"]] for r in table], table)
+    keys = with_variant(("dataset", "architecture", "optimizer"), table)
+    lines += _latex_tabular([key.capitalize() for key in keys],
+                            [[r.get(key, PAPER) for key in keys] for r in table], table)
     lines += ["\\par\\smallskip", "\\footnotesize"] + [_latex_escape(n) + "\\par" for n in _notes(table)]
     return "\n".join(lines + ["\\end{table}"]) + "\n"
+
+
+# ---- NNrelief variants side by side ----------------------------------------------------------------------------
+
+VARIANT_COLUMNS = (*GROUP_KEYS, "variant", "iteration", "seeds", "remaining_pct_of_all", "remaining_std_pct",
+                   "accuracy_before_retrain_pct", "accuracy_pct", "accuracy_std_pct", "nonzero_macs",
+                   "structural_macs")
+VARIANT_HEADERS = ("variant", "iteration", "seeds", "remaining (% of all weights + biases), mean ± std",
+                   "acc. before retraining (%)", "acc. after retraining (%), mean ± std", "MACs non-zero",
+                   "MACs structural")
+NOTE_VARIANTS = ("Iteration 0 is the dense model. Remaining: non-zero weights and biases as % of all of the dense "
+                 "model's (BatchNorm included). Accuracy: test set, in %, before and after the retraining that "
+                 "follows each pruning pass; mean over seeds, ± the sample standard deviation for 2 seeds or more. "
+                 "MACs: multiply-adds per image (fvcore, batch 1), mean over seeds; non-zero = each layer's dense MACs "
+                 "x its weight density, structural = the physically compacted model. Variants (relief.nnrelief."
+                 "variant_settings): paper = the paper's scores, selection rule and one forward pass; authors = the "
+                 "authors' code's conv norm, selection rule, and FC layers scored after the conv layers are pruned.")
+
+
+def variant_rows(study_groups: list[Group]) -> list[dict]:
+    """Per experiment x dataset x architecture x optimizer that ran several NNrelief variants: one row per variant
+    and iteration (0: the dense model), over the seeds that reached it."""
+    by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
+    for group in study_groups:
+        if group.by_pruner.get("nnrelief"):
+            by_key[group.key][group.variant] = group.by_pruner["nnrelief"]
+    rows = []
+    for key, by_variant in sorted(by_key.items()):
+        if len(by_variant) < 2:
+            continue
+        for variant in sorted(by_variant, key=lambda v: (v != PAPER, v)):
+            runs = by_variant[variant]
+            for iteration in range(max(len(r["metrics"]["iterations"]) for r in runs) + 1):
+                records = [r["metrics"]["dense"] if iteration == 0 else r["metrics"]["iterations"][iteration - 1]
+                           for r in runs if len(r["metrics"]["iterations"]) >= iteration]
+                rows.append({**dict(zip(GROUP_KEYS, key)), "variant": variant, "iteration": iteration,
+                             "seeds": len(records), **_variant_values(records, iteration)})
+    return rows
+
+
+def _variant_values(records: list[dict], iteration: int) -> dict:
+    def mean(path, digits=2):
+        values = [_get(r, path) for r in records]
+        return None if None in values else round(statistics.mean(values), digits)
+
+    def std(path):
+        values = [_get(r, path) for r in records]
+        return round(statistics.stdev(values), 2) if len(values) > 1 and None not in values else None
+
+    accuracy_before = ("test_accuracy_pct",) if iteration == 0 else ("test_accuracy_before_retrain_pct",)
+    return {
+        "remaining_pct_of_all": mean(("parameters", "remaining_pct_of_all")),
+        "remaining_std_pct": std(("parameters", "remaining_pct_of_all")),
+        "accuracy_before_retrain_pct": mean(accuracy_before),
+        "accuracy_pct": mean(("test_accuracy_pct",)),
+        "accuracy_std_pct": std(("test_accuracy_pct",)),
+        "nonzero_macs": mean(("macs", "nonzero_macs"), 0),
+        "structural_macs": mean(("macs", "structural_macs"), 0),
+    }
+
+
+def _get(record: dict, path: tuple[str, ...]):
+    for key in path:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+def variants_markdown(rows: list[dict]) -> str:
+    def shown(value, spread=None, integer=False):
+        if value is None:
+            return "n/a"
+        text = f"{int(value):,}" if integer else f"{value:.2f}"
+        return text + (f" ± {spread:.2f}" if spread is not None else "")
+
+    lines = ["# NNrelief variants side by side", ""]
+    keys = sorted({tuple(row[k] for k in GROUP_KEYS) for row in rows})
+    for key in keys:
+        lines += [f"## {' / '.join(key[1:])}", "", f"Experiment `{key[0]}`.", ""]
+        body = [[row["variant"], str(row["iteration"]), str(row["seeds"]),
+                 shown(row["remaining_pct_of_all"], row["remaining_std_pct"]),
+                 shown(row["accuracy_before_retrain_pct"]), shown(row["accuracy_pct"], row["accuracy_std_pct"]),
+                 shown(row["nonzero_macs"], integer=True), shown(row["structural_macs"], integer=True)]
+                for row in rows if tuple(row[k] for k in GROUP_KEYS) == key]
+        lines += _markdown_table(list(VARIANT_HEADERS), body) + [""]
+    return "\n".join(lines + [NOTE_VARIANTS]) + "\n"
 
 
 def headline(table: list[dict]) -> dict:
     """DVC's metrics: per experiment/architecture/optimizer, NNrelief's accuracy and remaining % at the comparison."""
     return {
-        f"{r['experiment']}/{r['architecture']}/{r['optimizer']}": {
+        f"{r['experiment']}/{r['architecture']}/{r['optimizer']}" + (f"/{r['variant']}" if "variant" in r else ""): {
             "nnrelief_accuracy_pct": r["accuracy_pct"], "nnrelief_remaining_pct_of_all": r["remaining_pct_of_all"],
             "baseline_accuracy_pct": r["baseline_accuracy_pct"],
         }
@@ -357,14 +466,20 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
     for group in study_groups:
         table = group_rows(group)
         for suffix, text in (("md", group_markdown(group, table)), ("tex", group_latex(group, table)),
-                             ("csv", comma_separated(table, (*COLUMNS, "missing")))):
+                             ("csv", comma_separated(table, with_variant((*COLUMNS, "missing"), table)))):
             _write(tables / f"{group.name}.{suffix}", text)
             written.append(tables / f"{group.name}.{suffix}")
     for name, text in (("summary.md", markdown(summary, failures)),
-                       ("summary.csv", comma_separated(summary, (*COLUMNS, "missing"))),
+                       ("summary.csv", comma_separated(summary, with_variant((*COLUMNS, "missing"), summary))),
                        ("summary.tex", summary_latex(summary, tolerance))):
         _write(out / name, text)
         written.append(out / name)
+    side_by_side = variant_rows(study_groups)
+    if side_by_side:
+        for name, text in (("variants.md", variants_markdown(side_by_side)),
+                           ("variants.csv", comma_separated(side_by_side, VARIANT_COLUMNS))):
+            _write(out / name, text)
+            written.append(out / name)
     write_json(headline(summary), out / "metrics.json")
     written.append(out / "metrics.json")
     if figures:

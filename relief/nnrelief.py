@@ -5,7 +5,9 @@
 
 A pass scores every Linear and Conv2d layer from one forward pass of the model as it stands, keeps for every unit
 the smallest set of incoming connections carrying a fraction alpha of its incoming signal, applies the residual rule
-at every addition, and then removes units left without inputs or without outputs until nothing changes.
+at every addition, and then removes units left without inputs or without outputs until nothing changes. With
+``fc_inputs="conv-pruned"`` the Linear layers are scored on a second forward pass with the pass's conv masks applied,
+as the authors' code does; ``variant_settings("authors", architecture)`` gives all the settings their code uses.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from relief.masks import Masks, masks_of, temporarily_masked
 from relief.scores import CONV_NORMS, ScoreAccumulator
 
 RULES = ("paper", "official")
+FC_INPUTS = ("unpruned", "conv-pruned")
+VARIANTS = ("paper", "authors")
+_LENETS = ("lenet5", "lenet300-100")  # pruned by the authors' lenet_prune.py
 _BATCH = 250  # images per forward when the pruning set is given as one tensor
 
 
@@ -67,6 +72,23 @@ def keep_mask(scores: torch.Tensor, alpha: float, rule: str = "paper") -> torch.
     return torch.zeros_like(kept_in_order).scatter(1, order, kept_in_order)
 
 
+def variant_settings(variant: str, architecture: str | None = None) -> dict[str, str]:
+    """``conv_norm``, ``rule`` and ``fc_inputs`` of a variant of the method, to pass on to :func:`prune`.
+
+    ``"paper"``: the paper's definitions (``fro``, ``paper``, ``unpruned``). ``"authors"``: what the authors' code
+    (adekhovich/NNrelief) runs for ``architecture``, a name of ``relief.models``: conv norm ``l1`` for the LeNets
+    (lenet_prune.py; LeNet-300-100 has no conv, so it changes nothing there), ``fro-mean`` for every other model
+    (vgg_prune.py and resnet_prune.py, whose conv code is the general one); rule ``official``; FC inputs
+    ``conv-pruned`` (without convolutions, as in LeNet-300-100, the same as ``unpruned``).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "paper":
+        return {"conv_norm": "fro", "rule": "paper", "fc_inputs": "unpruned"}
+    return {"conv_norm": "l1" if architecture in _LENETS else "fro-mean", "rule": "official",
+            "fc_inputs": "conv-pruned"}
+
+
 def prune(
     model: nn.Module,
     prune_inputs,
@@ -75,12 +97,18 @@ def prune(
     conv_norm: str = "fro",
     rule: str = "paper",
     masks: Masks | None = None,
+    fc_inputs: str = "unpruned",
 ) -> Masks:
     """One NNrelief pass over ``model``; returns a boolean mask for every weight and bias it can prune.
 
     ``prune_inputs``: the pruning set, a tensor of inputs or an iterable of batches (tensors, or tuples whose first
     item is the input, such as a DataLoader's). ``masks``: continue from these (a pruned connection stays pruned);
     by default, from the masks applied to ``model``. The model itself is not changed.
+
+    ``fc_inputs``: what the Linear layers are scored on. ``"unpruned"`` (the paper): the same forward pass as every
+    other layer. ``"conv-pruned"`` (the authors' code): a second forward pass in which this pass's Conv2d masks (after
+    the residual rule) are applied and units that emit nothing on the pruning set are removed, so that Linear layers
+    see the features the pruned convolutions will produce.
 
     Keys are tensor names as in ``named_parameters()`` of the unmasked model: ``<layer>.weight`` and ``<layer>.bias``
     for every Linear and Conv2d (conv masks are constant over each kernel), and for every affine BatchNorm, whose
@@ -92,12 +120,15 @@ def prune(
         raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {conv_norm!r}")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if fc_inputs not in FC_INPUTS:
+        raise ValueError(f"fc_inputs must be one of {FC_INPUTS}, got {fc_inputs!r}")
     previous = masks_of(model) if masks is None else masks
     device = next(model.parameters()).device
     batches = (batch.to(device) for batch in _batches(prune_inputs))
     first = next(batches, None)
     if first is None:
         raise ValueError("prune_inputs is empty: give at least one input to score the network on")
+    kept = [first] if fc_inputs == "conv-pruned" else None  # the batches again, for the second pass
 
     with _evaluating(model), temporarily_masked(model, masks), torch.no_grad():
         graph = trace(model, first[:1])
@@ -105,8 +136,13 @@ def prune(
         recorder.run(first)
         for batch in batches:
             recorder.run(batch)
+            if kept is not None:
+                kept.append(batch)
         result = _select(graph, recorder, alpha_conv, alpha_fc, rule, previous)
         _residual_rule(graph, recorder, alpha_conv, alpha_fc, result)
+        if kept is not None:
+            _rescore_linears(model, graph, recorder, kept, alpha_fc, rule, previous, result)
+            _residual_rule(graph, recorder, alpha_conv, alpha_fc, result)  # again for Linear producers
     clean_up(graph, result)
     return result
 
@@ -151,8 +187,9 @@ def clean_up(graph: LayerGraph, masks: Masks) -> None:
 
 def _select(graph, recorder, alpha_conv, alpha_fc, rule, previous) -> Masks:
     result = {}
-    for name, layer in graph.layers.items():
-        scores = recorder.accumulators[name].scores()
+    for name, accumulator in recorder.accumulators.items():
+        layer = graph.layers[name]
+        scores = accumulator.scores()
         if layer.bias is None:
             scores = scores[:, :-1]
         keep = keep_mask(scores, alpha_conv if isinstance(layer, nn.Conv2d) else alpha_fc, rule)
@@ -170,6 +207,39 @@ def _select(graph, recorder, alpha_conv, alpha_fc, rule, previous) -> Masks:
         if name in previous:
             result[name] = mask & previous[name].to(device=mask.device, dtype=torch.bool)
     return result
+
+
+def _rescore_linears(model, graph, recorder, batches, alpha_fc, rule, previous, result) -> None:
+    """Replace the Linear layers' masks in ``result`` by their selection on a forward pass with the conv masks on.
+
+    Before that pass, units are removed as :func:`clean_up` would remove them if the Linear layers kept every column
+    that received a signal, so that a unit silent on the pruning set, which the authors' code zeroes (kernels, bias
+    and BatchNorm), emits nothing instead of what its remaining kernels would pass.
+    """
+    linears = [name for name, layer in graph.layers.items() if isinstance(layer, nn.Linear)]
+    if not linears:
+        return
+    provisional = {name: mask.clone() for name, mask in result.items()}
+    for name in linears:
+        silent = recorder.accumulators[name].total.reshape(-1) == 0
+        provisional[f"{name}.weight"] = _previous_or_all(previous, f"{name}.weight", graph.layers[name].weight)
+        provisional[f"{name}.weight"][:, silent] = False
+        if graph.layers[name].bias is not None:
+            provisional[f"{name}.bias"] = _previous_or_all(previous, f"{name}.bias", graph.layers[name].bias)
+    clean_up(graph, provisional)
+    conv_pruned = {key: mask for key, mask in provisional.items() if key.rpartition(".")[0] not in linears}
+    with temporarily_masked(model, conv_pruned):
+        second = _PassRecorder(graph, recorder.conv_norm, linears)
+        for batch in batches:
+            second.run(batch)
+        rescored = _select(graph, second, 1.0, alpha_fc, rule, previous)  # alpha_conv unused: Linear layers only
+    result.update({key: rescored[key] for key in result if key.rpartition(".")[0] in linears})
+
+
+def _previous_or_all(previous: Masks, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    if name in previous:
+        return previous[name].to(device=tensor.device, dtype=torch.bool).clone()
+    return torch.ones_like(tensor, dtype=torch.bool)
 
 
 def _residual_rule(graph, recorder, alpha_conv, alpha_fc, masks) -> None:
@@ -212,9 +282,10 @@ def _any_alive(units, alive) -> bool:
 class _PassRecorder(fx.Interpreter):
     """Runs the traced model and accumulates every layer's scores and every addition's operand strengths."""
 
-    def __init__(self, graph: LayerGraph, conv_norm: str):
+    def __init__(self, graph: LayerGraph, conv_norm: str, layers: Iterable[str] | None = None):
         super().__init__(graph.traced)
-        self.accumulators = {name: ScoreAccumulator(layer, conv_norm) for name, layer in graph.layers.items()}
+        self.conv_norm = conv_norm
+        self.accumulators = {name: ScoreAccumulator(graph.layers[name], conv_norm) for name in layers or graph.layers}
         nodes = {node.name: node for node in graph.traced.graph.nodes}
         self.additions = {a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds}
         self.sums: dict[str, list[torch.Tensor]] = {}

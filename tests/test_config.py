@@ -35,7 +35,7 @@ from pipeline.config import (
 from relief.data import DATASETS
 from relief.loop import REWINDS
 from relief.models import MODEL_NAMES
-from relief.nnrelief import RULES
+from relief.nnrelief import FC_INPUTS, RULES, VARIANTS
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
 from relief.train import PRECISIONS
@@ -96,7 +96,8 @@ WRONG_TYPE = {  # a value of a type no coercion accepts, per model and field
     Phase: {"epochs": "three", "milestones": 2, "gamma": "tenth", "batch_size": 1.5, "weight_decay": None},
     Optimizer: {"lr": "fast", "momentum": [0.9]},
     Loop: {"num_iters": 2.5, "rewind": True, "rewind_epoch": "first", "prune_set_size": "all"},
-    NNreliefSettings: {"alpha_conv": "high", "alpha_fc": None, "conv_norm": 2, "rule": ["paper"]},
+    NNreliefSettings: {"alpha_conv": "high", "alpha_fc": None, "conv_norm": 2, "rule": ["paper"], "fc_inputs": 2,
+                       "variant": 3},
 }
 
 BAD_VALUE = {  # values of the right type that are out of range or not allowed, per model and field
@@ -158,6 +159,13 @@ BAD_VALUE = {  # values of the right type that are out of range or not allowed, 
         "alpha_fc": [Bad(-0.5, "greater than 0"), Bad(1.5, "less than or equal to 1")],
         "conv_norm": [Bad("l2", one_of(CONV_NORMS))],
         "rule": [Bad("mine", one_of(RULES))],
+        "fc_inputs": [Bad("conv", one_of(FC_INPUTS))],
+        "variant": [
+            Bad("mine", one_of(VARIANTS)),
+            Bad([], NO_ITEMS),
+            Bad(["paper", "paper"], "lists a variant twice"),
+            Bad("authors", "remove conv_norm, rule from this section"),  # params.yaml sets both explicitly
+        ],
     },
 }
 

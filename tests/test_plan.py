@@ -141,3 +141,46 @@ def test_the_paper_study_is_the_whole_grid():
     resnet56 = next(j for j in grid.prune.values()
                     if j.labels["architecture"] == "resnet56" and j.labels["dataset"] == "cifar100")
     assert resnet56.slice["loop"]["prune_set_size"] == 2000 and resnet56.slice["retrain"]["epochs"] == 80
+
+
+def _with_nnrelief(settings):
+    config = _default()
+    config["experiments"]["lenet-fashion-mnist"]["nnrelief"] = settings
+    return plan(load_study(config))
+
+
+def test_the_authors_variant_beside_the_paper_keeps_the_paper_hashes():
+    default = plan(load_study(_default()))
+    both = _with_nnrelief({"alpha_conv": 0.9, "alpha_fc": 0.95, "variant": ["paper", "authors"]})
+    assert sorted(both.dense) == sorted(default.dense)
+    assert set(default.prune) < set(both.prune) and len(both.prune) == 2 * len(default.prune)
+    authors = [job for job in both.prune.values() if job.hash not in default.prune]
+    assert {job.labels["variant"] for job in authors} == {"authors"}
+    assert not any("variant" in job.labels for job in default.prune.values())
+    for job in authors:
+        if job.labels["pruner"] == "nnrelief":
+            # LeNet-300-100 has no conv: l1 as in the authors' lenet_prune.py, and it changes nothing there
+            assert job.slice["nnrelief"] == {"alpha_conv": 0.9, "alpha_fc": 0.95, "conv_norm": "l1",
+                                             "rule": "official", "fc_inputs": "conv-pruned", "variant": "authors"}
+        else:
+            assert both.reference(job).labels["variant"] == "authors"
+            assert both.reference(job).slice["dense"] == job.slice["dense"]
+
+
+def test_the_authors_variant_resolves_per_architecture():
+    config = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
+    for experiment in config["experiments"].values():
+        experiment["nnrelief"] = {"variant": "authors"}
+    norms = {job.labels["architecture"]: job.slice["nnrelief"]["conv_norm"]
+             for job in plan(load_study(config)).prune.values() if job.labels["pruner"] == "nnrelief"}
+    assert norms["lenet5"] == "l1" and norms["vgg-like"] == norms["resnet20"] == norms["resnet18"] == "fro-mean"
+
+
+def test_fc_inputs_enters_the_slice_only_away_from_its_default():
+    default = plan(load_study(_default()))
+    same = _with_nnrelief({"alpha_conv": 0.9, "alpha_fc": 0.95, "fc_inputs": "unpruned", "variant": "paper"})
+    assert sorted(same.prune) == sorted(default.prune)
+    changed = _with_nnrelief({"alpha_conv": 0.9, "alpha_fc": 0.95, "fc_inputs": "conv-pruned"})
+    assert sorted(changed.dense) == sorted(default.dense) and not set(changed.prune) & set(default.prune)
+    job = next(j for j in changed.prune.values() if j.labels["pruner"] == "nnrelief")
+    assert job.slice["nnrelief"]["fc_inputs"] == "conv-pruned" and "variant" not in job.labels

@@ -34,18 +34,22 @@ class Pruner(Protocol):
 
 @dataclass(frozen=True)
 class NNrelief:
-    """NNrelief pruning passes (:func:`relief.nnrelief.prune`)."""
+    """NNrelief pruning passes (:func:`relief.nnrelief.prune`).
+
+    The authors' variant: ``NNrelief(**nnrelief.variant_settings("authors", "lenet5"))``.
+    """
 
     alpha_conv: float = 0.9
     alpha_fc: float = 0.95
     conv_norm: str = "fro"
     rule: str = "paper"
+    fc_inputs: str = "unpruned"
     name: str = "nnrelief"
 
     def __call__(self, model, images, labels, masks, iteration):
         return nnrelief.prune(
             model, images, alpha_conv=self.alpha_conv, alpha_fc=self.alpha_fc, conv_norm=self.conv_norm,
-            rule=self.rule, masks=masks,
+            rule=self.rule, masks=masks, fc_inputs=self.fc_inputs,
         )
 
 
