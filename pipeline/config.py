@@ -153,7 +153,7 @@ def schema_problems(error: ValidationError) -> list[Problem]:
 def _valid_part(config: Any, error: ValidationError) -> Study | None:
     """What the cross-field checks can still look at when the schema refused part of the study: the study without
     its refused experiments and with its other refused keys back at their defaults. None when a refused key is one the
-    checks read, or has no default."""
+    checks read (validate.READS) or has no default."""
     if not isinstance(config, dict):
         return None
     part = dict(config)
@@ -161,7 +161,7 @@ def _valid_part(config: Any, error: ValidationError) -> Study | None:
         key = location[0] if location else None
         if key == "experiments" and len(location) > 1:
             part["experiments"] = {name: value for name, value in part["experiments"].items() if name != location[1]}
-        elif key in Study.model_fields and (key in validate.READS or Study.model_fields[key].is_required()):
+        elif key in validate.READS:
             return None
         else:
             part.pop(key, None)

@@ -142,7 +142,7 @@ def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Pro
                 values)
 
 
-READS = ("data", "experiments")  # the top-level keys the checks read: if the schema refuses one, no check can run
+READS = ("data", "experiments", "seeds", "pruners")  # the top-level keys the checks read
 
 CHECKS: tuple[Check, ...] = (
     listed_once,
