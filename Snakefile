@@ -22,8 +22,9 @@ if not workflow.overwrite_configfiles:  # params.yaml, under any --config; a --c
     config.update(yaml.safe_load(Path("params.yaml").read_text()))
     update_config(config, overrides)
 
+SOURCE = " + ".join(STUDY_FILES) + (" with --config" if workflow.config_settings.config else "")
 try:
-    STUDY = load_study(config, " + ".join(STUDY_FILES), [p for name in STUDY_FILES for p in duplicate_keys(name)])
+    STUDY = load_study(config, SOURCE, [problem for name in STUDY_FILES for problem in duplicate_keys(name)])
 except ConfigError as error:
     sys.exit(str(error))
 PLAN = plan(STUDY)
