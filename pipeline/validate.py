@@ -142,6 +142,19 @@ def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Pro
                 values)
 
 
+def jobs_not_shared(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
+    mine = _pruning_jobs(study, name)
+    for other in study.experiments:
+        if other == name:
+            return
+        if shared := mine & _pruning_jobs(study, other):
+            yield Problem(
+                f"experiments.{name}",
+                f"asks for {len(shared)} of the same pruning jobs as experiments.{other} (the same dataset, "
+                "architecture, optimizer, schedules and pruning settings): each runs once, under one of the two "
+                "names only; change a setting of one, or merge the two")
+
+
 READS = ("data", "experiments", "seeds", "pruners")  # the top-level keys the checks read
 
 CHECKS: tuple[Check, ...] = (
@@ -152,6 +165,7 @@ CHECKS: tuple[Check, ...] = (
     prune_set_fits,
     milestones_within_epochs,
     rewind_within_pretraining,
+    jobs_not_shared,
 )
 
 
@@ -186,6 +200,13 @@ def duplicate_keys(path: str | Path) -> list[Problem]:
     if root is not None:
         walk(root, ())
     return list(dict.fromkeys(problems))
+
+
+def _pruning_jobs(study: Study, name: str) -> set[str]:
+    """The hashes of the pruning jobs experiment ``name`` asks for."""
+    from pipeline.plan import plan  # plan imports the schema, which imports this module
+
+    return set(plan(study.model_copy(update={"experiments": {name: study.experiments[name]}})).prune)
 
 
 def _training_images(study: Study, experiment: Experiment) -> int:

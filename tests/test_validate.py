@@ -104,6 +104,16 @@ def test_every_problem_comes_at_once_with_the_file_name():
     ]
 
 
+def test_two_experiments_asking_for_the_same_jobs_are_refused():
+    config = study()
+    config["experiments"]["copy"] = {**copy.deepcopy(config["experiments"][NAME]), "architectures": ["lenet5"]}
+    config["experiments"]["other-alpha"] = copy.deepcopy(config["experiments"][NAME])
+    config["experiments"]["other-alpha"]["nnrelief"]["alpha_fc"] = 0.9  # other NNrelief jobs, so other baselines too
+    error = refused(config)
+    assert [str(problem).split(" (the same")[0] for problem in error.problems] == [
+        f"experiments.copy: asks for 12 of the same pruning jobs as {EXPERIMENT}"]  # lenet5 x 2 optimizers x 6 pruners
+
+
 def test_a_refused_data_section_leaves_the_checks_nothing_to_judge_by():
     error = refused(study(**{"data.colour": "red", "experiments.EXP.loop.prune_set_size": 10**6}))
     assert [problem.path for problem in error.problems] == ["data.colour"]
