@@ -1,7 +1,12 @@
-"""The study configuration (params.yaml), validated once, before any job starts."""
+"""The study configuration (params.yaml or a --configfile), validated once, before any job starts.
+
+The schema here checks each field; pipeline/validate.py checks the fields against each other and against what is
+known of datasets and architectures. load_study runs both and reports every problem at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -15,6 +20,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pipeline import validate
+from pipeline.validate import Problem
 from relief.data import DATASETS
 from relief.loop import REWINDS
 from relief.models import MODEL_NAMES
@@ -140,37 +147,62 @@ class Study(Strict):
             raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
         return pruners
 
-    @model_validator(mode="after")
-    def _rewind_within_pretraining(self) -> Study:
-        for name, experiment in self.experiments.items():
-            if experiment.loop.rewind == "epoch" and experiment.loop.rewind_epoch > experiment.pretrain.epochs:
-                raise ValueError(
-                    f"experiments.{name}.loop.rewind_epoch ({experiment.loop.rewind_epoch}) is past "
-                    f"experiments.{name}.pretrain.epochs ({experiment.pretrain.epochs})"
-                )
-        return self
-
 
 class ConfigError(ValueError):
-    """params.yaml is not a valid study; the message lists every problem with its key path."""
+    """A study file that is not a valid study; the message names the file and lists every problem with its key."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source, self.problems = source, list(problems)
+        lines = [f"{source} is not a valid study ({len(self.problems)} problem(s)):"]
+        super().__init__("\n".join([*lines, *(f"  - {problem}" for problem in self.problems)]))
 
 
-def load_study(config: dict[str, Any]) -> Study:
+def load_study(config: dict[str, Any], source: str = "params.yaml", found: Sequence[Problem] = ()) -> Study:
+    """The validated study, or ConfigError naming ``source`` with every problem: ``found`` (duplicate keys in the
+    file), the schema's, and those of the cross-field checks (pipeline/validate.py) on what the schema accepts."""
+    problems = list(found)
     try:
-        return Study.model_validate(config)
+        study = Study.model_validate(config)
     except ValidationError as error:
-        raise ConfigError(describe(error)) from None
+        problems += schema_problems(error)
+        study = _valid_part(config, error)
+    if study is not None:
+        problems += validate.check(study)
+    if problems:
+        raise ConfigError(source, problems)
+    return study
 
 
-def describe(error: ValidationError) -> str:
-    lines = [f"params.yaml is not a valid study ({error.error_count()} problem(s)):"]
+def schema_problems(error: ValidationError) -> list[Problem]:
+    problems = []
     for problem in error.errors():
         path = ".".join(str(part) for part in problem["loc"])
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc']))}"
-        lines.append(f"  - {path or '(top level)'}: {message} (got {problem.get('input')!r})")
-    return "\n".join(lines)
+        problems.append(Problem(path, message, problem.get("input")))
+    return problems
+
+
+def _valid_part(config: Any, error: ValidationError) -> Study | None:
+    """What the cross-field checks can still look at when the schema refused part of the study: the study without
+    its refused experiments and with its other refused keys back at their defaults. None when a refused key is one the
+    checks read (validate.READS) or has no default."""
+    if not isinstance(config, dict):
+        return None
+    part = dict(config)
+    for location in {problem["loc"] for problem in error.errors()}:
+        key = location[0] if location else None
+        if key == "experiments" and len(location) > 1:
+            part["experiments"] = {name: value for name, value in part["experiments"].items() if name != location[1]}
+        elif key in validate.READS:
+            return None
+        else:
+            part.pop(key, None)
+    try:
+        return Study.model_validate(part)
+    except ValidationError:
+        return None
 
 
 def _allowed_keys(location: tuple) -> list[str]:
