@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from pipeline import plugins
 from relief.data import DATASETS
+from relief.data.image_folder import count_images, files_sha256, layout_problem
 from relief.loop import REWINDS
 from relief.models import MODEL_NAMES
-from relief.nnrelief import RULES
+from relief.nnrelief import ALPHA_SEARCHES, RULES
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
 from relief.train import PRECISIONS
@@ -18,9 +33,7 @@ Alpha = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[int, Field(ge=1)]
 Text = Annotated[str, Field(min_length=1)]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in file names and MLflow
-DatasetName = Literal[tuple(sorted(DATASETS))]
 Architecture = Literal[MODEL_NAMES]
-PrunerName = Literal[tuple(PRUNERS)]
 
 
 class Strict(BaseModel):
@@ -62,15 +75,188 @@ class Loop(Strict):
     prune_set_size: Positive = 1000
 
 
+def _one_or_more(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"a sweep lists each value once, got {values}")
+    return values
+
+
+def Sweep(item: Any) -> Any:  # noqa: N802 - a type
+    """One value, or a list of distinct values to sweep over (one NNrelief job per combination); held as a list."""
+    return Annotated[list[item], BeforeValidator(_one_or_more), AfterValidator(_distinct), Field(min_length=1)]
+
+
 class NNreliefSettings(Strict):
-    alpha_conv: Alpha = 0.9
-    alpha_fc: Alpha = 0.95
-    conv_norm: Literal[CONV_NORMS] = "fro"
-    rule: Literal[RULES] = "paper"
+    """NNrelief's settings; any of them may be a list, swept over (one NNrelief job and its baselines per
+    combination). ``alpha_search``: with ``targets``, how nnrelief.prune_to moves the alphas ("ratio": at the ratio
+    of alpha_conv to alpha_fc given here; "same": one alpha for both)."""
+
+    alpha_conv: Sweep(Alpha) = [0.9]
+    alpha_fc: Sweep(Alpha) = [0.95]
+    conv_norm: Sweep(Literal[CONV_NORMS]) = ["fro"]
+    rule: Sweep(Literal[RULES]) = ["paper"]
+    alpha_search: Sweep(Literal[ALPHA_SEARCHES]) = ["ratio"]
+
+    def swept(self) -> list[str]:
+        """The settings given as lists of more than one value."""
+        return [name for name in type(self).model_fields if len(getattr(self, name)) > 1]
+
+    def combinations(self) -> list[dict]:
+        """Every combination of the listed values, as NNrelief's settings for one job; a setting left at its
+        default is left out unless it is one of the original four (so that existing jobs keep their hashes)."""
+        names = list(type(self).model_fields)
+        result = []
+        for values in itertools.product(*(getattr(self, name) for name in names)):
+            settings = dict(zip(names, values))
+            result.append({name: value for name, value in settings.items()
+                           if name in PINNED_NNRELIEF or value != type(self).model_fields[name].default[0]})
+        return result
+
+
+PINNED_NNRELIEF = ("alpha_conv", "alpha_fc", "conv_norm", "rule")  # always in an NNrelief job's slice
+
+
+class Targets(Strict):
+    """Prune every pruner, NNrelief included, to these counts, one iteration per value: ``compression`` ratios
+    (prunable weights+biases of the dense model / those left), or ``remaining_pct`` (% of them left). Either one."""
+
+    compression: Annotated[list[Annotated[float, Field(gt=1)]], Field(min_length=1)] | None = None
+    remaining_pct: Annotated[list[Annotated[float, Field(gt=0, lt=100)]], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_in_pruning_order(self) -> Targets:
+        if (self.compression is None) == (self.remaining_pct is None):
+            raise ValueError("give either compression (ratios, e.g. [2, 4, 8]) or remaining_pct (e.g. [50, 25]), "
+                             "not both or neither")
+        remaining = self.remaining_fractions()
+        if any(later >= earlier for earlier, later in zip(remaining, remaining[1:])):
+            raise ValueError("targets must prune further at every iteration (a pruned weight stays pruned): "
+                             "compression increasing, remaining_pct decreasing")
+        return self
+
+    def remaining_fractions(self) -> list[float]:
+        return [1 / c for c in self.compression] if self.compression is not None else [
+            p / 100 for p in self.remaining_pct]
+
+    def counts(self, total: int) -> tuple[int, ...]:
+        """The prunable weights+biases to keep at each iteration, of ``total``, rounded to the nearest count."""
+        return tuple(round(total * fraction) for fraction in self.remaining_fractions())
+
+    def label(self) -> str:
+        kind, values = ("compression", self.compression) if self.compression is not None else (
+            "remaining_pct", self.remaining_pct)
+        return f"{kind} " + ", ".join(f"{v:g}" for v in values)
+
+
+ImportPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]  # "package.module:Class"
+
+
+class PrunerSpec(Strict):
+    """A pruner of the study: a built-in by name, or a plugin (a class by import path); either with options.
+
+    In params.yaml a bare name stands for ``{name: <name>}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+    name: Name
+    plugin_class: Annotated[ImportPath | None, Field(alias="class")] = None
+    options: dict[str, Any] = {}
+    _source_sha256: str | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolved_and_checked(self) -> PrunerSpec:
+        if self.plugin_class is None:
+            if self.name not in PRUNERS:
+                raise ValueError(f"unknown pruner {self.name!r}: give one of {_one_of(PRUNERS)}, or a plugin as "
+                                 "{name: ..., class: 'package.module:Class', options: {...}}")
+            if self.options and self.name in ("nnrelief", "layerwise-shuffle"):
+                where = "under experiments.<name>.nnrelief" if self.name == "nnrelief" else "none"
+                raise ValueError(f"{self.name} takes no options here (its settings: {where})")
+            if self.options:
+                _checked(self.name, None, self.options)
+            return self
+        if self.name in PRUNERS:
+            raise ValueError(f"plugin name {self.name!r} is a built-in pruner's; choose another name")
+        try:
+            cls = plugins.resolve(self.plugin_class)
+        except plugins.PluginError as error:
+            raise ValueError(f"plugin {self.name!r} ({self.plugin_class}): {error}") from None
+        _checked(self.name, cls, self.options)
+        self._source_sha256 = plugins.source_sha256(cls)
+        return self
+
+    def slice(self) -> dict:
+        """What of this entry changes a job's result, beyond its name (nothing for a built-in without options)."""
+        piece = {"options": self.options} if self.options else {}
+        if self.plugin_class is not None:
+            piece["plugin"] = {"class": self.plugin_class, "source_sha256": self._source_sha256}
+        return piece
+
+
+def _checked(name: str, cls: type | None, options: dict) -> None:
+    try:
+        plugins.check(name, cls, options)
+    except plugins.PluginError as error:
+        raise ValueError(str(error)) from None
+
+
+PrunerEntry = PrunerSpec  # one entry of a `pruners:` list, in the study or in an experiment
+
+
+def _one_of(values) -> str:
+    values = [repr(value) for value in values]
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+class ImageFolderDataset(Strict):
+    """A dataset of your own in torchvision's ImageFolder layout: ``folder/train/<class>/<image>``,
+    ``folder/test/<class>/...`` and optionally ``folder/val/<class>/...`` (else val_size images of train are held
+    out, as for the built-in datasets). Images are converted to ``channels`` and resized to ``image_size``."""
+
+    folder: Text
+    image_size: Annotated[list[Positive], Field(min_length=2, max_length=2)]  # [height, width]
+    channels: Literal[1, 3]
+    mean: Annotated[list[float], Field(min_length=1, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1, max_length=3)]
+    augment: bool = False  # random crop with padding 4 and horizontal flip, as for CIFAR
+    _files_sha256: str | None = PrivateAttr(None)
+    _split_sizes: dict[str, int] = PrivateAttr({})  # images per split folder
+
+    @model_validator(mode="after")
+    def _statistics_per_channel_and_a_readable_layout(self) -> ImageFolderDataset:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"{key} has {len(getattr(self, key))} values; give one per channel ({self.channels})")
+        problem = layout_problem(Path(self.folder).expanduser())
+        if problem is not None:
+            raise ValueError(problem)
+        folder = Path(self.folder).expanduser()
+        self._files_sha256 = files_sha256(folder)
+        self._split_sizes = {split: count_images(folder / split) for split in ("train", "val", "test")}
+        return self
+
+    def holds_out(self, val_size: int) -> str | None:
+        """None if ``val_size`` training images can be held out for validation (or val/ is given), else why not."""
+        train, val = self._split_sizes["train"], self._split_sizes["val"]
+        if val or val_size < train:
+            return None
+        return f"data.val_size ({val_size}) must be below the {train} images of {self.folder}/train (or give a val/)"
+
+    def slice(self) -> dict:
+        """What changes a model trained on it: the settings and the files' names and sizes, not where they are."""
+        return {**self.model_dump(exclude={"folder"}), "files_sha256": self._files_sha256}
 
 
 class Experiment(Strict):
-    dataset: DatasetName
+    dataset: Name  # a built-in dataset, or one defined under the study's `datasets:`
     architectures: Annotated[list[Architecture], Field(min_length=1)]
     optimizers: Annotated[dict[Literal["adam", "sgd"], Optimizer], Field(min_length=1)]
     pretrain: Phase
@@ -80,6 +266,16 @@ class Experiment(Strict):
     gpus: Annotated[int, Field(ge=0)] = 0  # GPUs each training/pruning job asks the scheduler for
     precision: Literal[PRECISIONS] = "fp32"  # bf16: training under bfloat16 autocast
     channels_last: bool = False  # NHWC memory layout in training (faster convolutions, CPU and GPU)
+    targets: Targets | None = None  # prune every pruner to these; by default the baselines follow NNrelief's counts
+
+    @field_validator("dataset")
+    @classmethod
+    def _a_known_dataset(cls, name: str, info: ValidationInfo) -> str:
+        own = sorted((info.context or {}).get("datasets", ()))
+        if name not in DATASETS and name not in own:
+            raise ValueError(f"Input should be {_one_of(sorted(DATASETS))}, or a dataset defined under datasets:"
+                             + (f" ({', '.join(own)})" if own else ""))
+        return name
 
 
 class Report(Strict):
@@ -89,8 +285,9 @@ class Report(Strict):
 class Study(Strict):
     study: Name
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-    pruners: Annotated[list[PrunerName], Field(min_length=1)]
+    pruners: Annotated[list[PrunerEntry], Field(min_length=1)]
     experiments: Annotated[dict[Name, Experiment], Field(min_length=1)]
+    datasets: dict[Name, ImageFolderDataset] = {}  # your own image datasets, by the name experiments use
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Positive = 1  # CPU threads per job
     runs_dir: Text = "runs"
@@ -101,10 +298,28 @@ class Study(Strict):
 
     @field_validator("pruners")
     @classmethod
-    def _nnrelief_first(cls, pruners: list[str]) -> list[str]:
-        if "nnrelief" not in pruners:
+    def _nnrelief_first(cls, pruners: list[PrunerSpec]) -> list[PrunerSpec]:
+        names = [pruner.name for pruner in pruners]
+        if "nnrelief" not in names:
             raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each pruner is named once, got {names}")
         return pruners
+
+    @field_validator("datasets")
+    @classmethod
+    def _not_a_built_in_name(cls, datasets: dict) -> dict:
+        clashes = sorted(set(datasets) & set(DATASETS))
+        if clashes:
+            raise ValueError(f"{clashes} are built-in datasets; give your own dataset another name")
+        return datasets
+
+    @model_validator(mode="after")
+    def _targets_and_sweeps(self) -> Study:
+        problems = [problem for check in STUDY_CHECKS for problem in check(self)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _rewind_within_pretraining(self) -> Study:
@@ -117,26 +332,70 @@ class Study(Strict):
         return self
 
 
+def _one_iteration_per_target(study: Study) -> list[str]:
+    return [f"experiments.{name}.loop.num_iters ({e.loop.num_iters}) must equal the number of "
+            f"experiments.{name}.targets ({len(e.targets.remaining_fractions())}): one iteration per target"
+            for name, e in study.experiments.items() if e.targets and e.loop.num_iters != len(
+                e.targets.remaining_fractions())]
+
+
+def _sweeps_without_targets(study: Study) -> list[str]:
+    return [f"experiments.{name}.nnrelief sweeps {', '.join(e.nnrelief.swept())}, and experiments.{name}.targets is "
+            "set: with targets, NNrelief's alphas are found for each target; give single values"
+            for name, e in study.experiments.items() if e.targets and e.nnrelief.swept()]
+
+
+def _alpha_search_with_targets(study: Study) -> list[str]:
+    return [f"experiments.{name}.nnrelief.alpha_search is used only with experiments.{name}.targets"
+            for name, e in study.experiments.items()
+            if not e.targets and e.nnrelief.alpha_search != NNreliefSettings.model_fields["alpha_search"].default]
+
+
+def _validation_images_to_hold_out(study: Study) -> list[str]:
+    return [f"datasets.{name}: {problem}" for name, own in study.datasets.items()
+            if (problem := own.holds_out(study.data.val_size))]
+
+
+STUDY_CHECKS = (  # each (study) -> the problems it finds, with their key paths
+    _one_iteration_per_target, _sweeps_without_targets, _alpha_search_with_targets, _validation_images_to_hold_out,
+)
+
+
 class ConfigError(ValueError):
     """params.yaml is not a valid study; the message lists every problem with its key path."""
 
 
 def load_study(config: dict[str, Any]) -> Study:
+    datasets = config.get("datasets") if isinstance(config, dict) else None
+    context = {"datasets": set(datasets) if isinstance(datasets, dict) else set()}
     try:
-        return Study.model_validate(config)
+        return Study.model_validate(config, context=context)
     except ValidationError as error:
-        raise ConfigError(describe(error)) from None
+        raise ConfigError(describe(error, config)) from None
 
 
-def describe(error: ValidationError) -> str:
+def describe(error: ValidationError, config: Any = None) -> str:
     lines = [f"params.yaml is not a valid study ({error.error_count()} problem(s)):"]
     for problem in error.errors():
-        path = ".".join(str(part) for part in problem["loc"])
+        path = ".".join(str(part) for part in _as_written(problem["loc"], config))
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc']))}"
         lines.append(f"  - {path or '(top level)'}: {message} (got {problem.get('input')!r})")
     return "\n".join(lines)
+
+
+def _as_written(location: tuple, config: Any) -> tuple:
+    """``location`` without a trailing list index where the config has a single value (a sweep of one)."""
+    node = config
+    for part in location[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return location
+    if location and location[-1] == 0 and not isinstance(node, list | dict):
+        return location[:-1]
+    return location
 
 
 def _allowed_keys(location: tuple) -> list[str]:
@@ -145,7 +404,7 @@ def _allowed_keys(location: tuple) -> list[str]:
     for part in location[:-1]:
         field = node.model_fields.get(part) if _is_model(node) else None
         node = field.annotation if field is not None else _model_in(node)  # else past a dict key or list index
-    return sorted(node.model_fields) if _is_model(node) else []
+    return sorted(field.alias or name for name, field in node.model_fields.items()) if _is_model(node) else []
 
 
 def _is_model(annotation: Any) -> bool:

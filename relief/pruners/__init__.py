@@ -66,7 +66,7 @@ PRUNERS: dict[str, type] = {
 }
 
 
-def build_pruner(name: str, cls: type | None = None, **options) -> Pruner:
+def build_pruner(name: str, /, cls: type | None = None, **options) -> Pruner:
     """The pruner registered as ``name``, built with ``options`` (lists, such as ``targets``, become tuples).
 
     ``cls``: build this class instead of a registered one (a plugin: any class whose instances follow
