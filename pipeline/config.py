@@ -85,7 +85,7 @@ def _distinct(values: list) -> list:
     return values
 
 
-def Sweep(item: Any) -> Any:  # noqa: N802 - a type
+def Sweep(item: Any) -> Any:
     """One value, or a list of distinct values to sweep over (one NNrelief job per combination); held as a list."""
     return Annotated[list[item], BeforeValidator(_one_or_more), AfterValidator(_distinct), Field(min_length=1)]
 

@@ -78,7 +78,8 @@ def _prune_jobs(study: Study, experiment: Experiment, trained: Job, labels: dict
         for entry in study.pruners:
             if entry.name != "nnrelief":
                 follows = experiment.targets is None or entry.name == "layerwise-shuffle"
-                jobs.append(_prune_job(experiment, trained, entry, point, reference=reference.hash if follows else None))
+                at = reference.hash if follows else None
+                jobs.append(_prune_job(experiment, trained, entry, point, reference=at))
     return jobs
 
 
