@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -189,7 +189,7 @@ class PrunerSpec(Strict):
             cls = plugins.resolve(self.plugin_class)
         except plugins.PluginError as error:
             raise ValueError(f"plugin {self.name!r} ({self.plugin_class}): {error}") from None
-        _checked(self.name, cls, self.options)
+        _checked(self.name, cls, self.options, self.plugin_class)
         self._source_sha256 = plugins.source_sha256(cls)
         return self
 
@@ -201,9 +201,9 @@ class PrunerSpec(Strict):
         return piece
 
 
-def _checked(name: str, cls: type | None, options: dict) -> None:
+def _checked(name: str, cls: type | None, options: dict, path: str | None = None) -> None:
     try:
-        plugins.check(name, cls, options)
+        plugins.check(name, cls, options, path)
     except plugins.PluginError as error:
         raise ValueError(str(error)) from None
 
@@ -318,7 +318,7 @@ class Study(Strict):
     def _targets_and_sweeps(self) -> Study:
         problems = [problem for check in STUDY_CHECKS for problem in check(self)]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -340,9 +340,10 @@ def _one_iteration_per_target(study: Study) -> list[str]:
 
 
 def _sweeps_without_targets(study: Study) -> list[str]:
-    return [f"experiments.{name}.nnrelief sweeps {', '.join(e.nnrelief.swept())}, and experiments.{name}.targets is "
-            "set: with targets, NNrelief's alphas are found for each target; give single values"
-            for name, e in study.experiments.items() if e.targets and e.nnrelief.swept()]
+    return [f"experiments.{name}.nnrelief.{key} is a sweep ({getattr(e.nnrelief, key)}), and "
+            f"experiments.{name}.targets is set: with targets, NNrelief's alphas are found for each target, so give "
+            "single values (or run the sweep without targets)"
+            for name, e in study.experiments.items() if e.targets for key in e.nnrelief.swept()]
 
 
 def _alpha_search_with_targets(study: Study) -> list[str]:
@@ -381,7 +382,10 @@ def describe(error: ValidationError, config: Any = None) -> str:
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc']))}"
-        lines.append(f"  - {path or '(top level)'}: {message} (got {problem.get('input')!r})")
+        if not path:  # a check across the study: its message names every key path
+            lines += [f"  - {line}" for line in message.removeprefix("Value error, ").split("\n")]
+            continue
+        lines.append(f"  - {path}: {message} (got {problem.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -399,12 +403,17 @@ def _as_written(location: tuple, config: Any) -> tuple:
 
 
 def _allowed_keys(location: tuple) -> list[str]:
-    """The keys the model at ``location`` (minus its last part) accepts."""
+    """The keys the model at ``location`` (minus its last part) accepts, as written in params.yaml."""
     node: Any = Study
     for part in location[:-1]:
-        field = node.model_fields.get(part) if _is_model(node) else None
-        node = field.annotation if field is not None else _model_in(node)  # else past a dict key or list index
-    return sorted(field.alias or name for name, field in node.model_fields.items()) if _is_model(node) else []
+        if get_origin(node) in (dict, list):
+            node = get_args(node)[-1]  # past a dict key or a list index
+            continue
+        model = node if _is_model(node) else _model_in(node)
+        fields = {field.alias or name: field for name, field in model.model_fields.items()} if model else {}
+        node = fields[part].annotation if part in fields else None
+    model = node if _is_model(node) else _model_in(node)
+    return sorted(field.alias or name for name, field in model.model_fields.items()) if model else []
 
 
 def _is_model(annotation: Any) -> bool:

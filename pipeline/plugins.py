@@ -57,9 +57,10 @@ def build(name: str, cls: type | None, options: dict, *, targets: tuple[int, ...
     return build_pruner(name, cls=cls, **{k: v for k, v in supplied.items() if k in accepted}, **options)
 
 
-def check(name: str, cls: type | None, options: dict) -> None:
-    """Build pruner ``name`` once with placeholder targets and check it against the protocol; PluginError if not."""
-    what = f"plugin {name!r} ({cls.__module__}:{cls.__qualname__})" if cls is not None else f"pruner {name!r}"
+def check(name: str, cls: type | None, options: dict, path: str | None = None) -> None:
+    """Build pruner ``name`` once with placeholder targets and check it against the protocol; PluginError if not.
+    ``path``: the plugin's import path, for the messages."""
+    what = f"plugin {name!r} ({path or cls.__qualname__})" if cls is not None else f"pruner {name!r}"
     reserved = sorted(set(options) & set(SUPPLIED))
     if reserved:
         raise PluginError(f"{what}: options {reserved} are set by the study (targets: the counts of each iteration; "
