@@ -68,7 +68,7 @@ class _Ranked:
 
 def _keep(ranked: _Ranked, alpha: float, rule: str) -> torch.Tensor:
     values, ordered, order, cumulative = ranked.values, ranked.ordered, ranked.order, ranked.cumulative
-    before = (cumulative < alpha * cumulative[:, -1:]).sum(dim=1, keepdim=True)  # entries before alpha is reached
+    before = torch.searchsorted(cumulative, alpha * cumulative[:, -1:])  # entries before alpha is reached
     width = values.shape[1]
     if rule == "official":
         pivot = torch.where(before < width - 1, before + 1, torch.full_like(before, width - 1))
