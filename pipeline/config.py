@@ -315,7 +315,7 @@ class Study(Strict):
         return datasets
 
     @model_validator(mode="after")
-    def _targets_and_sweeps(self) -> Study:
+    def _checks_across_the_study(self) -> Study:
         problems = [problem for check in STUDY_CHECKS for problem in check(self)]
         if problems:
             raise ValueError("\n".join(problems))
