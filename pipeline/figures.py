@@ -78,7 +78,7 @@ def _save(figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in ("png", "svg"):
-        target = path.with_suffix(f".{suffix}")
+        target = path.parent / f"{path.name}.{suffix}"  # not with_suffix: a sweep point's name has dots
         with plt.rc_context(STYLE):  # the SVG hash salt must be set when saving, not only when drawing
             figure.savefig(target, format=suffix, dpi=PNG_DPI, metadata=METADATA[suffix])
         written.append(target)

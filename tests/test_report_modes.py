@@ -80,3 +80,5 @@ def test_a_sweep_has_a_table_per_point_and_one_across_the_sweep(tmp_path):
     summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
     assert {row["sweep"] for row in summary} == {"alpha_fc=0.9", "alpha_fc=0.99"}
     assert (tmp_path / "figures" / "fashion-mnist_lenet300-100_adam_sweep.png").exists()
+    for point in ("alpha_fc-0.9", "alpha_fc-0.99"):  # one set of figures per point
+        assert (tmp_path / "figures" / f"fashion-mnist_lenet300-100_adam_{point}_accuracy_vs_remaining.png").exists()
