@@ -295,6 +295,8 @@ def across_sweep(title: str, groups) -> plt.Figure:
                 axes.annotate(row["sweep"], (row["remaining_pct_of_all"], row["nnrelief_accuracy_pct"]), fontsize=7,
                               textcoords="offset points", xytext=(4, 6), color=pruner_colour("nnrelief"))
         axes.set_xscale("log")
+        ticks = [row["remaining_pct_of_all"] for row in rows]  # the sweep's points, thinned so labels never touch
+        axes.set_xticks(_thinned(ticks, max(math.log10(max(ticks) / min(ticks)), 0.3) / 7) if ticks else [])
         axes.xaxis.set_major_formatter(FuncFormatter(_percent))
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.invert_xaxis()
