@@ -34,6 +34,8 @@ JOB_FOLDERS = [f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.pr
 os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
     "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
     "mlflow": STUDY.mlflow.model_dump(), "progress": False,
+    "datasets": {name: {**own.model_dump(), "folder": str(Path(own.folder).expanduser().resolve())}
+                 for name, own in STUDY.datasets.items()},
 })
 
 wildcard_constraints:

@@ -11,8 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pipeline.config import Experiment, NNreliefSettings, Study
-from relief.nnrelief import variant_settings
+from pipeline.config import Experiment, NNreliefSettings, PrunerSpec, Study
 
 HASH_LENGTH = 16
 
@@ -58,16 +57,42 @@ def plan(study: Study) -> Plan:
                               "optimizer": optimizer, "seed": seed}
                     trained = _dense_job(study, experiment, labels)
                     dense[trained.hash] = trained
-                    for setting_labels, settings in nnrelief_settings(experiment, architecture):
-                        job_labels = {**labels, **setting_labels}
-                        reference = _prune_job(experiment, trained, "nnrelief", settings, job_labels)
-                        prune[reference.hash] = reference
-                        for pruner in study.pruners:
-                            if pruner != "nnrelief":
-                                job = _prune_job(experiment, trained, pruner, reference.hash, job_labels)
-                                prune[job.hash] = job
+                    for job in _prune_jobs(study, experiment, trained, labels):
+                        prune[job.hash] = job
     datasets = tuple(sorted({e.dataset for e in study.experiments.values()}))
     return Plan(dense=dense, prune=prune, datasets=datasets)
+
+
+def _prune_jobs(study: Study, experiment: Experiment, trained: Job, labels: dict) -> list[Job]:
+    """NNrelief's job for every combination of its settings, each with its baselines: at its counts, or, with
+    ``targets``, at the targets (layerwise-shuffle, which copies NNrelief's per-layer counts, still follows it)."""
+    jobs = []
+    entries = {entry.name: entry for entry in study.pruners}
+    if experiment.targets is not None:
+        labels = {**labels, "targets": experiment.targets.label()}
+    for settings in experiment.nnrelief.combinations(labels["architecture"]):
+        point = {**labels, **_setting_labels(experiment.nnrelief, settings)}
+        reference = _prune_job(experiment, trained, entries["nnrelief"], point, nnrelief=settings)
+        jobs.append(reference)
+        for entry in study.pruners:
+            if entry.name != "nnrelief":
+                follows = experiment.targets is None or entry.name == "layerwise-shuffle"
+                at = reference.hash if follows else None
+                jobs.append(_prune_job(experiment, trained, entry, point, reference=at))
+    return jobs
+
+
+def _setting_labels(nnrelief: NNreliefSettings, settings: dict) -> dict:
+    """The labels of one NNrelief configuration: ``sweep`` names the swept settings' values (and a variant other
+    than the paper's, swept or not), so that each configuration has its own groups in the report; ``variant`` is
+    the variant when it is not the paper's."""
+    defaults = {name: field.default[0] for name, field in NNreliefSettings.model_fields.items()}
+    variant = settings.get("variant", defaults["variant"])
+    shown = nnrelief.swept()
+    if variant != defaults["variant"] and "variant" not in shown:
+        shown.append("variant")
+    labels = {"sweep": ", ".join(f"{key}={settings.get(key, defaults[key])}" for key in shown)} if shown else {}
+    return {**labels, **({"variant": variant} if variant != defaults["variant"] else {})}
 
 
 def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
@@ -84,41 +109,28 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
     }
     if experiment.loop.rewind == "epoch":
         piece["rewind_epoch"] = experiment.loop.rewind_epoch
+    if experiment.dataset in study.datasets:
+        piece["image_folder"] = study.datasets[experiment.dataset].slice()
     return Job("dense", config_hash(piece), piece, {**labels, "pruner": "none"}, experiment.gpus)
 
 
-def nnrelief_settings(experiment: Experiment, architecture: str) -> list[tuple[dict, dict]]:
-    """Every NNrelief configuration the experiment runs on ``architecture``: its labels and its slice's settings.
-
-    The variant "paper" (the default) adds no label and, with fc_inputs at its default, nothing new to the slice, so
-    the hashes of studies that predate variants stay the same. Any other variant is labelled, and its settings are
-    resolved for the architecture and written out in the slice (and so in MLflow's params).
-    """
-    settings = experiment.nnrelief
-    configurations = []
-    for variant in settings.variant:
-        if variant == "paper":
-            piece = settings.model_dump(exclude={"variant"})
-            if piece["fc_inputs"] == NNreliefSettings.model_fields["fc_inputs"].default:
-                del piece["fc_inputs"]
-            configurations.append(({}, piece))
-        else:
-            piece = {"alpha_conv": settings.alpha_conv, "alpha_fc": settings.alpha_fc,
-                     **variant_settings(variant, architecture), "variant": variant}
-            configurations.append(({"variant": variant}, piece))
-    return configurations
-
-
-def _prune_job(experiment: Experiment, trained: Job, pruner: str, reference, labels: dict) -> Job:
-    """``reference``: for NNrelief its settings, for a baseline the hash of the NNrelief job whose counts it follows."""
+def _prune_job(experiment: Experiment, trained: Job, entry: PrunerSpec, labels: dict, *, nnrelief: dict | None = None,
+               reference: str | None = None) -> Job:
+    """A pruning job; what it adds beyond the original four keys enters its slice only when set (hashes pinned)."""
     piece = {
         "dense": trained.hash,
-        "pruner": pruner,
+        "pruner": entry.name,
         "retrain": experiment.retrain.model_dump(),
         "loop": experiment.loop.model_dump(),
     }
-    if pruner == "nnrelief":
-        piece["nnrelief"] = reference
-    else:
+    if nnrelief is not None:
+        piece["nnrelief"] = nnrelief
+    if reference is not None:
         piece["reference"] = reference
-    return Job("prune", config_hash(piece), piece, {**labels, "pruner": pruner}, experiment.gpus)
+    if experiment.targets is not None:
+        piece["targets"] = experiment.targets.model_dump(exclude_none=True)
+    piece.update(entry.slice())
+    job_labels = {**labels, "pruner": entry.name}
+    if entry.plugin_class is not None:
+        job_labels["plugin"] = entry.plugin_class
+    return Job("prune", config_hash(piece), piece, job_labels, experiment.gpus)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from relief import models
-from relief.data import DATASETS, DatasetSpec
+from relief.data import DATASETS, DatasetSpec, image_folder
 
 if TYPE_CHECKING:
     from pipeline.config import Experiment, Study
@@ -47,13 +47,23 @@ def check(study: Study) -> list[Problem]:
     return list(dict.fromkeys(found))
 
 
-def facts(experiment: Experiment) -> DatasetSpec:
-    """What is known of the experiment's dataset before loading it: image shape, classes, training split size."""
-    return DATASETS[experiment.dataset]
+def facts(study: Study, experiment: Experiment) -> DatasetSpec:
+    """What is known of the experiment's dataset before loading it: image shape, classes, training split size (read
+    from the folder for a dataset of the study's own)."""
+    own = study.datasets.get(experiment.dataset)
+    if own is None:
+        return DATASETS[experiment.dataset]
+    return image_folder.spec(experiment.dataset, own.folder, **own.model_dump(exclude={"folder"}))
+
+
+def _carves_validation(study: Study, experiment: Experiment) -> bool:
+    """Whether the validation split is carved from the training split (else the dataset's own val/ folder is it)."""
+    own = study.datasets.get(experiment.dataset)
+    return own is None or not own.has_val_folder
 
 
 def architectures_build(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data = facts(experiment)
+    data = facts(study, experiment)
     for index, architecture in enumerate(experiment.architectures):
         problem = build_problem(architecture, data.input_shape, data.num_classes)
         if problem is not None:
@@ -80,8 +90,8 @@ def build_problem(architecture: str, input_shape: tuple[int, int, int], num_clas
 
 
 def val_size_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, size = facts(experiment), study.data.val_size
-    if not 1 <= size < data.train_size:
+    data, size = facts(study, experiment), study.data.val_size
+    if _carves_validation(study, experiment) and not 1 <= size < data.train_size:
         yield Problem(
             "data.val_size",
             f"must fit in {data.name}'s training split of {data.train_size:,} images, from which it is carved, with "
@@ -90,16 +100,16 @@ def val_size_fits(study: Study, name: str, experiment: Experiment) -> Iterator[P
 
 
 def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, limit, left = facts(experiment), study.data.train_limit, _training_images(study, experiment)
+    data, limit, left = facts(study, experiment), study.data.train_limit, _training_images(study, experiment)
     if limit is not None and 0 < left < limit:
         yield Problem(
             "data.train_limit",
-            f"is more than the {left:,} training images {data.name} has once data.val_size "
-            f"({study.data.val_size:,}) are set aside: use at most {left:,}, or remove it to use them all", limit)
+            f"is more than the {left:,} training images {data.name} has{_after_validation(study, experiment)}: use at "
+            f"most {left:,}, or remove it to use them all", limit)
 
 
 def prune_set_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, size, left = facts(experiment), experiment.loop.prune_set_size, _training_images(study, experiment)
+    data, size, left = facts(study, experiment), experiment.loop.prune_set_size, _training_images(study, experiment)
     limit = study.data.train_limit
     available = min(left, limit) if limit is not None else left
     if 0 < available < size:
@@ -155,7 +165,33 @@ def jobs_not_shared(study: Study, name: str, experiment: Experiment) -> Iterator
                 "names only; change a setting of one, or merge the two")
 
 
-READS = ("data", "experiments", "seeds", "pruners")  # the top-level keys the checks read
+def one_iteration_per_target(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
+    targets = experiment.targets
+    if targets is not None and experiment.loop.num_iters != len(targets.remaining_fractions()):
+        yield Problem(
+            f"experiments.{name}.loop.num_iters",
+            f"must equal the number of experiments.{name}.targets ({len(targets.remaining_fractions())}): one "
+            "iteration per target", experiment.loop.num_iters)
+
+
+def sweeps_without_targets(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
+    if experiment.targets is not None:
+        for key in experiment.nnrelief.swept():
+            yield Problem(
+                f"experiments.{name}.nnrelief.{key}",
+                f"is a sweep, and experiments.{name}.targets is set: with targets, NNrelief's alphas are found for "
+                "each target, so give single values (or run the sweep without targets)",
+                getattr(experiment.nnrelief, key))
+
+
+def alpha_search_with_targets(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
+    if experiment.targets is None and "alpha_search" in experiment.nnrelief.model_fields_set:
+        yield Problem(f"experiments.{name}.nnrelief.alpha_search",
+                      f"is used only with experiments.{name}.targets: remove it, or set targets",
+                      experiment.nnrelief.alpha_search)
+
+
+READS = ("data", "experiments", "seeds", "pruners", "datasets")  # the top-level keys the checks read
 
 CHECKS: tuple[Check, ...] = (
     listed_once,
@@ -166,6 +202,9 @@ CHECKS: tuple[Check, ...] = (
     milestones_within_epochs,
     rewind_within_pretraining,
     jobs_not_shared,
+    one_iteration_per_target,
+    sweeps_without_targets,
+    alpha_search_with_targets,
 )
 
 
@@ -209,9 +248,16 @@ def _pruning_jobs(study: Study, name: str) -> set[str]:
     return set(plan(study.model_copy(update={"experiments": {name: study.experiments[name]}})).prune)
 
 
+def _after_validation(study: Study, experiment: Experiment) -> str:
+    if not _carves_validation(study, experiment):
+        return ""
+    return f" once data.val_size ({study.data.val_size:,}) are set aside"
+
+
 def _training_images(study: Study, experiment: Experiment) -> int:
     """The training images left once the validation split is carved out (train_limit then takes the first ones)."""
-    return facts(experiment).train_size - study.data.val_size
+    carved = study.data.val_size if _carves_validation(study, experiment) else 0
+    return facts(study, experiment).train_size - carved
 
 
 def _shape(shape: tuple[int, ...]) -> str:

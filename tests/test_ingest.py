@@ -70,4 +70,4 @@ def test_the_authors_variant_reaches_mlflow_as_params_and_a_tag(tmp_path):
     assert {key: run.data.params[f"nnrelief.{key}"] for key in ("variant", "conv_norm", "rule", "fc_inputs")} == {
         "variant": "authors", "conv_norm": "l1", "rule": "official", "fc_inputs": "conv-pruned"}
     assert run.data.tags["variant"] == "authors"
-    assert run.info.run_name == "lenet5 / fashion-mnist / adam / nnrelief / authors variant / seed 0"
+    assert run.info.run_name == "lenet5 / fashion-mnist / adam / nnrelief (variant=authors) / seed 0"
