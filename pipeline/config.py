@@ -328,8 +328,6 @@ class Study(Strict):
         names = [pruner.name for pruner in pruners]
         if "nnrelief" not in names:
             raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
-        if len(set(names)) != len(names):
-            raise ValueError(f"each pruner is named once, got {names}")
         return pruners
 
     @field_validator("datasets")

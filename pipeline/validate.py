@@ -141,7 +141,7 @@ def rewind_within_pretraining(study: Study, name: str, experiment: Experiment) -
 
 
 def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    lists = {"seeds": study.seeds, "pruners": study.pruners,
+    lists = {"seeds": study.seeds, "pruners": [pruner.name for pruner in study.pruners],
              f"experiments.{name}.architectures": experiment.architectures}
     for path, values in lists.items():
         repeated = [value for index, value in enumerate(values) if value in values[:index]]
@@ -185,7 +185,8 @@ def sweeps_without_targets(study: Study, name: str, experiment: Experiment) -> I
 
 
 def alpha_search_with_targets(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    if experiment.targets is None and "alpha_search" in experiment.nnrelief.model_fields_set:
+    default = type(experiment.nnrelief).model_fields["alpha_search"].default
+    if experiment.targets is None and experiment.nnrelief.alpha_search != default:
         yield Problem(f"experiments.{name}.nnrelief.alpha_search",
                       f"is used only with experiments.{name}.targets: remove it, or set targets",
                       experiment.nnrelief.alpha_search)

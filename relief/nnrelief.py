@@ -167,7 +167,8 @@ def score(
             recorder.run(batch)
             if kept is not None:
                 kept.append(batch)
-    return Scored(graph, _ranked_scores(graph, recorder), recorder, previous, model, kept)
+        scores = _ranked_scores(graph, recorder)  # the weights are read here, masked
+    return Scored(graph, scores, recorder, previous, model, kept)
 
 
 def _ranked_scores(graph: LayerGraph, recorder: _PassRecorder) -> dict[str, _Ranked]:
@@ -376,7 +377,8 @@ def _rescore_linears(scored: Scored, alpha_fc: float, rule: str, result: Masks) 
         second = _PassRecorder(graph, scored.recorder.conv_norm, linears)
         for batch in scored.batches:
             second.run(batch)
-    rescored = _select(graph, _ranked_scores(graph, second), 1.0, alpha_fc, rule, previous)
+        scores = _ranked_scores(graph, second)
+    rescored = _select(graph, scores, 1.0, alpha_fc, rule, previous)
     result.update({key: rescored[key] for key in result if key.rpartition(".")[0] in linears})
 
 

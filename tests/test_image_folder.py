@@ -109,6 +109,8 @@ def test_a_study_on_an_own_dataset_hashes_its_files_not_its_place(tmp_path, monk
     config["datasets"] = {"clothes": {"folder": str(tmp_path / "own"), "image_size": [10, 12], "channels": 1,
                                       "mean": [0.5], "std": [0.25]}}
     config["data"]["val_size"] = 2
+    del config["data"]["train_limit"]
+    config["experiments"]["lenet"]["loop"]["prune_set_size"] = 5
     config["experiments"]["lenet"]["dataset"] = "clothes"
     grid = plan(load_study(config))
     dense = next(iter(grid.dense.values()))
@@ -119,7 +121,7 @@ def test_a_study_on_an_own_dataset_hashes_its_files_not_its_place(tmp_path, monk
     Image.new("L", (12, 10)).save(tmp_path / "moved" / "train" / "bag" / "extra.png")
     assert not set(plan(load_study(config)).dense) & set(grid.dense)  # another image: other jobs
     config["data"]["val_size"] = 5000
-    with pytest.raises(ConfigError, match=r"datasets.clothes: data.val_size \(5000\) must be below the 13 images"):
+    with pytest.raises(ConfigError, match=r"data.val_size: must fit in clothes's training split of 13 images"):
         load_study(config)
     config["datasets"]["clothes"]["folder"] = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"datasets.clothes: .*nowhere is not a folder"):
