@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline import gpus
-from relief.data import Dataset, DatasetSpec, Split, load, read_checksums
+from relief.data import Dataset, DatasetSpec, Split, image_folder, load, read_checksums
 from relief.train import Divergence
 
 RUNTIME_VARIABLE = "RELIEF_RUNTIME"  # set by the Snakefile: settings that do not change results
@@ -76,7 +76,11 @@ def cpu_name() -> str:
 
 
 def dataset_spec(name: str, settings: dict) -> DatasetSpec | None:
-    """The spec ``data.checksums`` gives ``name`` (stand-in data), or None: the pinned one."""
+    """The spec to load ``name`` with: the study's own dataset (an ImageFolder), the one ``data.checksums`` gives a
+    built-in dataset (stand-in data), or None: the built-in one with its pinned checksums."""
+    own = settings.get("datasets", {}).get(name)
+    if own is not None:
+        return image_folder.spec(name, own["folder"], **{key: value for key, value in own.items() if key != "folder"})
     checksums = settings["data"].get("checksums")
     return read_checksums(checksums).get(name) if checksums else None
 

@@ -62,6 +62,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     num_classes: int
     input_shape: tuple[int, int, int]
+    train_size: int  # images in the official training split, before the validation split is carved from it
     augment: bool
     offline_hint: str = ""
     images: tuple[int, int] | None = None  # the official (train, test) image counts
@@ -97,6 +98,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(1.0,),
         num_classes=10,
         input_shape=(1, 28, 28),
+        train_size=60_000,
         augment=False,
         images=(60_000, 10_000),
     ),
@@ -111,6 +113,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.3530,),
         num_classes=10,
         input_shape=(1, 28, 28),
+        train_size=60_000,
         augment=False,
         offline_hint="Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then use "
         "mirrors=['/usr/share/datasets/fashion-mnist'].",
@@ -135,6 +138,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=_IMAGENET_STD,
         num_classes=10,
         input_shape=(3, 32, 32),
+        train_size=50_000,
         augment=True,
         images=(50_000, 10_000),
     ),
@@ -153,6 +157,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=_IMAGENET_STD,
         num_classes=100,
         input_shape=(3, 32, 32),
+        train_size=50_000,
         augment=True,
         images=(50_000, 10_000),
     ),
@@ -168,6 +173,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.2770, 0.2691, 0.2821),
         num_classes=200,
         input_shape=(3, 64, 64),
+        train_size=100_000,
         augment=True,
         images=(100_000, 10_000),
     ),
