@@ -5,10 +5,11 @@ passes and training MACs; given a throughput file, its GPU-hours and its wall ti
     python -m pipeline.cost --configfile configs/paper.yaml --throughput throughput.json --gpus 8 --jobs-per-gpu 2
 
 What is counted, from the study's plan (the same jobs Snakemake runs):
-- jobs: dense trainings (architecture x optimizer x seed) and pruning jobs (each of those x the pruners);
+- jobs: dense trainings (architecture x optimizer x seed) and pruning jobs (each of those x the pruners x the points
+  of a sweep of NNrelief's settings);
 - epochs: pretrain.epochs per dense job, loop.num_iters x retrain.epochs per pruning job;
-- training image passes: epochs x training images (the official training set less data.val_size, at most
-  data.train_limit);
+- training image passes: epochs x training images (the dataset's official training split less data.val_size where
+  the validation split is carved from it, at most data.train_limit);
 - training MACs: 3 x the forward multiply-adds of one image (fvcore, dense model, batch 1) x training image passes;
   a backward pass costs about two forwards. Dense-equivalent: masked training runs at dense shapes, so a pruned
   model counts as its dense size.
@@ -34,10 +35,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline import validate
 from pipeline.config import ConfigError, Experiment, Study, load_study
 from pipeline.plan import Job, plan
 from relief import models
-from relief.data import DATASETS
+from relief.data import DatasetSpec
 from relief.metrics import dense_macs
 
 THROUGHPUT_FORMAT = "relief throughput, version 1"
@@ -49,18 +51,15 @@ def variant(experiment: Experiment) -> str:
     return experiment.precision + ("-channels_last" if experiment.channels_last else "")
 
 
-def training_images(study: Study, dataset: str) -> int:
-    spec = DATASETS[dataset]
-    if spec.images is None:
-        raise ConfigError(f"{dataset}: its official size is unknown, so its cost cannot be counted")
-    images = spec.images[0] - study.data.val_size
-    return min(images, study.data.train_limit) if study.data.train_limit else images
+def training_images(study: Study, experiment: Experiment) -> int:
+    """The images one training epoch passes over: the training split less data.val_size, at most data.train_limit."""
+    left = validate.training_images(study, experiment)
+    return min(left, study.data.train_limit) if study.data.train_limit else left
 
 
-def forward_macs(architecture: str, dataset: str) -> int:
-    spec = DATASETS[dataset]
-    model = models.build(architecture, spec.num_classes, spec.input_shape)
-    return dense_macs(model, torch.zeros(1, *spec.input_shape))
+def forward_macs(architecture: str, data: DatasetSpec) -> int:
+    model = models.build(architecture, data.num_classes, data.input_shape)
+    return dense_macs(model, torch.zeros(1, *data.input_shape))
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Row:
     epochs: int = 0
     image_passes: int = 0
     macs_per_image: int = 0
-    chain_passes: int = 0  # image passes of the longest chain: dense, NNrelief, one baseline
+    chain_passes: int = 0  # image passes of the longest chain: dense, then NNrelief, then a baseline that follows it
 
     @property
     def training_macs(self) -> int:
@@ -84,24 +83,27 @@ class Row:
 def rows(study: Study) -> list[Row]:
     grid = plan(study)
     found: dict[tuple[str, str], Row] = {}
-    macs: dict[tuple[str, str], int] = {}
+    macs: dict[tuple, int] = {}
     for job in [*grid.dense.values(), *grid.prune.values()]:
-        name, architecture, dataset = job.labels["experiment"], job.labels["architecture"], job.labels["dataset"]
+        name, architecture = job.labels["experiment"], job.labels["architecture"]
         experiment = study.experiments[name]
-        row = found.setdefault((name, architecture), Row(name, dataset, architecture, variant(experiment)))
-        if (architecture, dataset) not in macs:
-            macs[architecture, dataset] = forward_macs(architecture, dataset)
-        row.macs_per_image = macs[architecture, dataset]
+        row = found.setdefault((name, architecture), Row(name, experiment.dataset, architecture, variant(experiment)))
+        data = validate.facts(study, experiment)
+        key = (architecture, data.input_shape, data.num_classes)
+        if key not in macs:
+            macs[key] = forward_macs(architecture, data)
+        row.macs_per_image = macs[key]
+        images = training_images(study, experiment)
         epochs = job_epochs(experiment, job)
         row.epochs += epochs
-        row.image_passes += epochs * training_images(study, dataset)
+        row.image_passes += epochs * images
         if job.kind == "dense":
             row.dense_jobs += 1
         else:
             row.prune_jobs += 1
-        dense, prune = experiment.pretrain.epochs, experiment.loop.num_iters * experiment.retrain.epochs
-        baselines = len(study.pruners_of(experiment)) > 1
-        row.chain_passes = (dense + prune * (2 if baselines else 1)) * training_images(study, dataset)
+            before = experiment.pretrain.epochs + (job_epochs(experiment, grid.reference(job)) if
+                                                   grid.reference(job) else 0)  # the jobs it waits for
+            row.chain_passes = max(row.chain_passes, (before + epochs) * images)
     return list(found.values())
 
 
@@ -199,10 +201,11 @@ def main() -> None:
         parser.error("--gpus and --jobs-per-gpu must be at least 1")
     throughput = Throughput.read(args.throughput) if args.throughput else None
     try:
-        study = load_study(yaml.safe_load(args.configfile.read_text()))
-        found = rows(study)
+        study = load_study(yaml.safe_load(args.configfile.read_text()), str(args.configfile),
+                           validate.duplicate_keys(args.configfile))
     except ConfigError as error:
-        raise SystemExit(f"{args.configfile}: {error}") from None
+        raise SystemExit(str(error)) from None
+    found = rows(study)
     print(report(study, found, throughput, args.gpus, args.jobs_per_gpu))
 
 

@@ -100,7 +100,7 @@ def val_size_fits(study: Study, name: str, experiment: Experiment) -> Iterator[P
 
 
 def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, limit, left = facts(study, experiment), study.data.train_limit, _training_images(study, experiment)
+    data, limit, left = facts(study, experiment), study.data.train_limit, training_images(study, experiment)
     if limit is not None and 0 < left < limit:
         yield Problem(
             "data.train_limit",
@@ -109,7 +109,7 @@ def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterato
 
 
 def prune_set_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, size, left = facts(study, experiment), experiment.loop.prune_set_size, _training_images(study, experiment)
+    data, size, left = facts(study, experiment), experiment.loop.prune_set_size, training_images(study, experiment)
     limit = study.data.train_limit
     available = min(left, limit) if limit is not None else left
     if 0 < available < size:
@@ -270,7 +270,7 @@ def _after_validation(study: Study, experiment: Experiment) -> str:
     return f" once data.val_size ({study.data.val_size:,}) are set aside"
 
 
-def _training_images(study: Study, experiment: Experiment) -> int:
+def training_images(study: Study, experiment: Experiment) -> int:
     """The training images left once the validation split is carved out (train_limit then takes the first ones)."""
     carved = study.data.val_size if _carves_validation(study, experiment) else 0
     return facts(study, experiment).train_size - carved

@@ -318,3 +318,27 @@ def test_a_plugin_that_breaks_the_protocol_stops_the_study_with_its_name(tmp_pat
     config["pruners"] += [{"name": "bad", "class": "bad_plugin:NoCall"}]
     with pytest.raises(ConfigError, match=r"pruners.6: .*plugin 'bad' \(bad_plugin:NoCall\) is not callable"):
         load_study(config)
+
+
+def test_an_experiments_own_pruners_take_options_and_follow_its_sweeps_and_targets():
+    config = _default()
+    experiment = config["experiments"]["lenet-fashion-mnist"]
+    experiment["pruners"] = ["nnrelief", {"name": "magnitude", "options": {"scope": "layerwise"}}, "random"]
+    experiment["nnrelief"] = {"alpha_fc": [0.9, 0.95]}
+    swept = plan(load_study(config))
+    assert {job.labels["pruner"] for job in swept.prune.values()} == {"nnrelief", "magnitude", "random"}
+    assert len(swept.prune) == 4 * 2 * 3  # 4 dense models x 2 points x 3 pruners
+    magnitude = [job for job in swept.prune.values() if job.labels["pruner"] == "magnitude"]
+    assert all(job.slice["options"] == {"scope": "layerwise"} for job in magnitude)
+    for job in swept.prune.values():
+        if job.labels["pruner"] != "nnrelief":
+            assert swept.reference(job).labels["sweep"] == job.labels["sweep"]
+    default = set(plan(load_study(_default())).prune)
+    today = {job.hash for job in swept.prune.values()
+             if job.labels["sweep"] == "alpha_fc=0.95" and job.labels["pruner"] != "magnitude"}
+    assert len(today) == 4 * 2 and today <= default  # NNrelief and random at today's point: the study's own jobs
+    assert not {job.hash for job in magnitude} & default  # magnitude with options: jobs of its own
+    experiment["nnrelief"] = {}
+    experiment["targets"] = {"compression": [2, 4, 8]}
+    targets = plan(load_study(config))
+    assert len(targets.prune) == 4 * 3 and all("reference" not in job.slice for job in targets.prune.values())

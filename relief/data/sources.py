@@ -65,7 +65,6 @@ class DatasetSpec:
     train_size: int  # images in the official training split, before the validation split is carved from it
     augment: bool
     offline_hint: str = ""
-    images: tuple[int, int] | None = None  # the official (train, test) image counts
 
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the authors' CIFAR constants
@@ -100,7 +99,6 @@ DATASETS: dict[str, DatasetSpec] = {
         input_shape=(1, 28, 28),
         train_size=60_000,
         augment=False,
-        images=(60_000, 10_000),
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -117,7 +115,6 @@ DATASETS: dict[str, DatasetSpec] = {
         augment=False,
         offline_hint="Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then use "
         "mirrors=['/usr/share/datasets/fashion-mnist'].",
-        images=(60_000, 10_000),
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
@@ -140,7 +137,6 @@ DATASETS: dict[str, DatasetSpec] = {
         input_shape=(3, 32, 32),
         train_size=50_000,
         augment=True,
-        images=(50_000, 10_000),
     ),
     "cifar100": DatasetSpec(
         name="cifar100",
@@ -159,7 +155,6 @@ DATASETS: dict[str, DatasetSpec] = {
         input_shape=(3, 32, 32),
         train_size=50_000,
         augment=True,
-        images=(50_000, 10_000),
     ),
     "tiny-imagenet": DatasetSpec(
         name="tiny-imagenet",
@@ -175,7 +170,6 @@ DATASETS: dict[str, DatasetSpec] = {
         input_shape=(3, 64, 64),
         train_size=100_000,
         augment=True,
-        images=(100_000, 10_000),
     ),
 }
 
