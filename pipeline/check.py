@@ -3,7 +3,8 @@ every architecture, the figures and one finished MLflow run per job.
 
     python -m pipeline.check --configfile configs/paper-smoke.yaml     # after snakemake ran it; exit 1 if not
 
-A cell is experiment x dataset x architecture x optimizer (one table each, tables/<name>.md). Exits non-zero with
+A cell is experiment x dataset x architecture x optimizer, and NNrelief's settings where they are swept (one table
+each, tables/<name>.md). Exits non-zero with
 every problem listed.
 """
 
@@ -20,10 +21,11 @@ from pipeline.config import ConfigError, load_study
 from pipeline.figures import FIGURES
 from pipeline.plan import plan
 from pipeline.report import GROUP_KEYS, groups, load_runs
+from pipeline.validate import duplicate_keys
 
 
 def problems(configfile: Path) -> tuple[list[str], str]:
-    study = load_study(yaml.safe_load(configfile.read_text()))
+    study = load_study(yaml.safe_load(configfile.read_text()), str(configfile), duplicate_keys(configfile))
     grid = plan(study)
     runs, results = Path(study.runs_dir), Path(study.results_dir)
     found = []
@@ -31,9 +33,9 @@ def problems(configfile: Path) -> tuple[list[str], str]:
     unfinished = [job.folder for job in jobs if not (runs / job.folder / "metrics.json").exists()]
     if unfinished:
         found.append(f"{len(unfinished)} of {len(jobs)} jobs have no metrics.json, e.g. {runs / unfinished[0]}")
-    cells = {tuple(job.labels[k] for k in GROUP_KEYS) for job in grid.prune.values()}
+    cells = {(*(job.labels[k] for k in GROUP_KEYS), job.labels.get("sweep", "")) for job in grid.prune.values()}
     study_groups = groups(load_runs([runs / job.folder for job in grid.prune.values()]), 1.0)
-    names = {group.key: group.name for group in study_groups}
+    names = {(*group.key, group.sweep): group.name for group in study_groups}
     for cell in sorted(cells - set(names)):
         found.append(f"no finished pruning run for the cell {cell}")
     tables = [results / "tables" / f"{names[cell]}.md" for cell in cells if cell in names]
@@ -44,7 +46,7 @@ def problems(configfile: Path) -> tuple[list[str], str]:
     summary = results / "summary.csv"
     rows = list(csv.DictReader(summary.open())) if summary.exists() else []
     listed = {(row["experiment"], row["dataset"], row["architecture"], row["optimizer"]) for row in rows}
-    found += [f"{summary} has no row for {cell}" for cell in sorted(cells - listed)]
+    found += [f"{summary} has no row for {cell}" for cell in sorted({cell[:-1] for cell in cells} - listed)]
     architectures = {job.labels["architecture"] for job in jobs}
     summarised = {row["architecture"] for row in rows}
     found += [f"{summary} misses the architecture {a}" for a in sorted(architectures - summarised)]
@@ -79,7 +81,7 @@ def main() -> None:
     try:
         found, done = problems(args.configfile)
     except ConfigError as error:
-        raise SystemExit(f"{args.configfile}: {error}") from None
+        raise SystemExit(str(error)) from None
     print(done)
     if found:
         raise SystemExit("Missing:\n" + "\n".join(f"  - {line}" for line in found))

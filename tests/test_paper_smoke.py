@@ -26,8 +26,13 @@ EXPERIMENT_SIZES = {"seeds", "pruners"}
 ALWAYS = ("nnrelief", "magnitude")  # every cell runs these (and dense)
 
 
-def study(name: str) -> Study:
-    return load_study(yaml.safe_load((REPO / "configs" / name).read_text()))
+def study(name: str, checksums: Path | None = None) -> Study:
+    """A study of configs/; ``checksums`` replaces its data.checksums (the stand-ins' file, which make paper-smoke
+    writes, is not there before it runs)."""
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    if checksums is not None:
+        config["data"]["checksums"] = str(checksums)
+    return load_study(config)
 
 
 def cells(of: Study) -> dict[tuple[str, str, str], dict]:
@@ -47,26 +52,35 @@ def cells(of: Study) -> dict[tuple[str, str, str], dict]:
 
 
 @pytest.fixture(scope="module")
-def smoke_plan(tmp_path_factory):
-    """The smoke study's plan, its data.checksums pointed at a checksum file of the right shape."""
-    config = yaml.safe_load((REPO / "configs" / "paper-smoke.yaml").read_text())
-    checksums = tmp_path_factory.mktemp("checksums") / "checksums.json"
-    write_checksums({name: DATASETS[name] for name in ("mnist", "cifar10", "cifar100", "tiny-imagenet")}, checksums)
-    config["data"]["checksums"] = str(checksums)
-    return plan(load_study(config))
+def checksums(tmp_path_factory) -> Path:
+    """A checksum file of the right shape for the smoke study's data.checksums."""
+    path = tmp_path_factory.mktemp("checksums") / "checksums.json"
+    return write_checksums({name: DATASETS[name] for name in ("mnist", "cifar10", "cifar100", "tiny-imagenet")}, path)
 
 
-def test_every_cell_of_the_paper_is_in_the_smoke_study_with_the_same_settings():
-    paper, smoke = cells(study("paper.yaml")), cells(study("paper-smoke.yaml"))
-    assert sorted(smoke) == sorted(paper)
-    for cell, settings in paper.items():
-        assert smoke[cell] == settings, cell
-    assert study("paper-smoke.yaml").report == study("paper.yaml").report
+@pytest.fixture(scope="module")
+def smoke(checksums) -> Study:
+    return study("paper-smoke.yaml", checksums)
 
 
-def test_the_smoke_study_is_small_and_reads_stand_ins_apart_from_real_data():
-    smoke, paper = study("paper-smoke.yaml"), study("paper.yaml")
-    assert smoke.data.checksums and smoke.data.root != paper.data.root  # a stand-in never lands where real data go
+@pytest.fixture(scope="module")
+def smoke_plan(smoke):
+    return plan(smoke)
+
+
+def test_every_cell_of_the_paper_is_in_the_smoke_study_with_the_same_settings(smoke):
+    paper = study("paper.yaml")
+    paper_cells, smoke_cells = cells(paper), cells(smoke)
+    assert sorted(smoke_cells) == sorted(paper_cells)
+    for cell, settings in paper_cells.items():
+        assert smoke_cells[cell] == settings, cell
+    assert smoke.report == paper.report
+
+
+def test_the_smoke_study_is_small_and_reads_stand_ins_apart_from_real_data(smoke):
+    paper = study("paper.yaml")
+    written = yaml.safe_load((REPO / "configs" / "paper-smoke.yaml").read_text())["data"]["checksums"]
+    assert written and smoke.data.root != paper.data.root  # a stand-in never lands where real data go
     assert smoke.data.train_limit <= 64 and smoke.data.test_limit <= 64 and not smoke.time_inference
     for experiment in smoke.experiments.values():
         assert experiment.pretrain.epochs == experiment.retrain.epochs == 1
@@ -85,7 +99,7 @@ def test_pruners_and_seeds_are_trimmed_but_every_cell_runs_dense_nnrelief_and_ma
             (labels["pruner"], labels["seed"]))
     for cell in dense:
         assert {pruner for pruner, _ in pruned[cell]} >= set(ALWAYS), cell
-    for pruner in set(paper.pruners) - set(ALWAYS):
+    for pruner in {entry.name for entry in paper.pruners} - set(ALWAYS):
         on = {cell for cell, runs in pruned.items() if any(p == pruner for p, _ in runs)}
         assert any(a.startswith("vgg") for _, a, _ in on), f"{pruner} runs on no VGG cell"
         assert any(a.startswith("resnet") and d != "tiny-imagenet" for d, a, _ in on), f"{pruner} on no ResNet cell"
