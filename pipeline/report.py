@@ -146,7 +146,7 @@ def _file_stem(name: str) -> str:
 
 
 def group_rows(group: Group) -> list[dict]:
-    """One row per pruner of the study, NNrelief first; a pruner without runs (or short of the iteration) is missing."""
+    """One row per pruner of the experiment, NNrelief first; one without runs (or short of the iteration) is missing."""
     table = []
     for pruner in group.pruners:
         runs = [] if group.iteration is None else [
