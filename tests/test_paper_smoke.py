@@ -1,10 +1,10 @@
 """configs/paper-smoke.yaml stays in step with configs/paper.yaml: every cell, the same settings apart from sizes.
 
 A cell is dataset x architecture x optimizer. The sizes, which the smoke study may shrink: the data (its stand-in
-source, data.*), each phase's epochs and milestones, the loop's num_iters and prune_set_size, and the seeds and
-pruners (trimmed by the rules below). Everything else of a cell must be equal: optimizer (lr, momentum), gamma,
-batch size, weight decay, rewind and rewind epoch, NNrelief's settings (alphas, conv norm, rule), GPUs, precision,
-layout; and the report's tolerance.
+source, data.*), each phase's epochs and milestones, the loop's num_iters and prune_set_size, SynFlow's rounds, and
+the seeds and pruners (trimmed by the rules below). Everything else of a cell must be equal: optimizer (lr,
+momentum), gamma, batch size, weight decay, rewind and rewind epoch, NNrelief's settings (alphas, conv norm, rule),
+GPUs, precision, layout, the pruners' other options; and the report's tolerance.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 PHASE_SIZES = {"epochs", "milestones"}
 LOOP_SIZES = {"num_iters", "prune_set_size"}
 EXPERIMENT_SIZES = {"seeds", "pruners"}
+PRUNER_SIZES = {"synflow": {"rounds"}}  # a pruner's options that are sizes too
 ALWAYS = ("nnrelief", "magnitude")  # every cell runs these (and dense)
 
 
@@ -119,3 +120,13 @@ def test_per_experiment_pruners_and_seeds_replace_the_study_lists(smoke_plan):
     assert by_experiment["vgg-like-cifar10-sgd"] == ({"nnrelief", "magnitude"}, {0, 1})
     assert by_experiment["resnet18-tiny-imagenet-adam"] == ({"nnrelief", "random", "magnitude", "snip", "grasp",
                                                              "synflow"}, {0})
+
+
+def test_the_smoke_pruners_are_the_papers_apart_from_sizes(smoke):
+    paper = {entry.name: entry for entry in study("paper.yaml").pruners}
+    for experiment in smoke.experiments.values():
+        for entry in smoke.pruners_of(experiment):
+            sizes = PRUNER_SIZES.get(entry.name, set())
+            assert entry.plugin_class == paper[entry.name].plugin_class, entry.name
+            assert {k: v for k, v in entry.options.items() if k not in sizes} == {
+                k: v for k, v in paper[entry.name].options.items() if k not in sizes}, entry.name
