@@ -3,7 +3,7 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: setup offline-data study test bench
+.PHONY: setup offline-data study test bench paper-smoke
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ study: setup offline-data
 test: setup offline-data
 	bash scripts/install-browser.sh
 	$(PYTHON) -m pytest
+
+# The paper's study (configs/paper.yaml) on stand-in data: every cell through the real Snakefile, in minutes on
+# 2 cores (configs/paper-smoke.yaml); then a check that every table, figure and MLflow run is there. CI runs it.
+paper-smoke: setup
+	$(PYTHON) scripts/standin_data.py --out data/standin
+	$(VENV)/bin/snakemake --cores all --configfile configs/paper-smoke.yaml
+	$(PYTHON) -m pipeline.check --configfile configs/paper-smoke.yaml
 
 # The CPU benchmarks (a quarter of an hour on 2 cores); bench/study.py and bench/gpu.py are run on their own.
 bench: setup offline-data

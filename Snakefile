@@ -6,9 +6,11 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from snakemake.utils import update_config
 
+from pipeline import gpus
 from pipeline.config import ConfigError, load_study
 from pipeline.jobs import RUNTIME_VARIABLE
 from pipeline.plan import plan
@@ -25,18 +27,29 @@ if not workflow.overwrite_configfiles:  # params.yaml, under any --config; a --c
 SOURCE = " + ".join(STUDY_FILES) + (" with --config" if workflow.config_settings.config else "")
 try:
     STUDY = load_study(config, SOURCE, [problem for name in STUDY_FILES for problem in duplicate_keys(name)])
+    PLAN = plan(STUDY)
 except ConfigError as error:
     sys.exit(str(error))
-PLAN = plan(STUDY)
 RUNS, RESULTS = STUDY.runs_dir, STUDY.results_dir
 PYTHON = sys.executable
 JOB_FOLDERS = [f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.prune.values()]]
 os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
     "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
-    "mlflow": STUDY.mlflow.model_dump(), "progress": False,
+    "mlflow": STUDY.mlflow.model_dump(), "progress": False, "gpu_jobs_per_device": STUDY.gpu_jobs_per_device,
+    "time_inference": STUDY.time_inference,
     "datasets": {name: {**own.model_dump(), "folder": str(Path(own.folder).expanduser().resolve())}
                  for name, own in STUDY.datasets.items()},
 })
+# On this machine's N GPUs, at most N x gpu_jobs_per_device jobs at once, one unit of `gpu` each (--resources gpu=M
+# overrides); each job then takes a free slot on a device (pipeline/gpus.py). A cluster scheduler places jobs itself.
+GPU_LIMIT = gpus.snakemake_limit(STUDY.device, STUDY.gpu_jobs_per_device, workflow.local_exec,
+                                 torch.cuda.device_count())
+if GPU_LIMIT and workflow.global_resources.get("gpu").value is None:
+    workflow.register_resource("gpu", GPU_LIMIT)
+
+
+def gpu_units(job):
+    return 1 if GPU_LIMIT else job.gpus
 
 wildcard_constraints:
     hash="[0-9a-f]{16}",
@@ -66,7 +79,7 @@ rule dense:  # ancient: a fetch that ran again retrains nothing (the dataset is 
     output: f"{RUNS}/dense/{{hash}}/metrics.json", f"{RUNS}/dense/{{hash}}/dense.pt"
     params: job=lambda w: job_arguments(PLAN.dense[w.hash])
     threads: STUDY.threads
-    resources: gpu=lambda w: PLAN.dense[w.hash].gpus
+    resources: gpu=lambda w: gpu_units(PLAN.dense[w.hash])
     benchmark: f"{RUNS}/benchmarks/dense/{{hash}}.tsv"
     shell: "{PYTHON} -m pipeline.dense {params.job} --out {RUNS}/dense/{wildcards.hash} --threads {threads}"
 
@@ -85,7 +98,7 @@ rule prune:
         reference=lambda w: f"--reference {RUNS}/{PLAN.reference(PLAN.prune[w.hash]).folder}" if PLAN.reference(PLAN.prune[w.hash]) else "",
         dense=lambda w: f"{RUNS}/dense/{PLAN.prune[w.hash].slice['dense']}",
     threads: STUDY.threads
-    resources: gpu=lambda w: PLAN.prune[w.hash].gpus
+    resources: gpu=lambda w: gpu_units(PLAN.prune[w.hash])
     benchmark: f"{RUNS}/benchmarks/prune/{{hash}}.tsv"
     shell: "{PYTHON} -m pipeline.prune {params.job} --dense {params.dense} {params.reference} --out {RUNS}/prune/{wildcards.hash} --threads {threads}"
 

@@ -1,9 +1,10 @@
 """Training throughput of relief.train.train against a bare PyTorch loop, and an NNrelief pass, on one device.
 
-Training: ResNet-20 (``relief.models.build("resnet20", 10, (3, 32, 32))``, seed 0) on CIFAR-shaped random data,
---train-images uint8 images with random labels (10 classes), resident on the device in a ``relief.data.Dataset``
-(validation and test splits of --eval-images each). For each precision ("fp32", "bf16") and memory layout
-(channels_last off/on) it measures, taking turns, --repeats times after one untimed warm-up each:
+Training: each of --architectures (default ResNet-20; ``paper``: every architecture of configs/paper.yaml), built
+with ``relief.models.build`` (seed 0) for the first dataset the paper trains it on (CIFAR-10 for one it does not), on
+random data of that dataset's shape: --train-images uint8 images with random labels, resident on the device in a
+``relief.data.Dataset`` (validation and test splits of --eval-images each). For each precision ("fp32", "bf16") and
+memory layout (channels_last off/on) it measures, taking turns, --repeats times after one untimed warm-up each:
 
 - relief: ``relief.train.train(model, data, TrainConfig(epochs=--epochs, lr=0.01, optimizer="sgd",
   batch_size=--batch-size, precision=..., channels_last=...), seed=0, progress=False)``, the whole call timed, so
@@ -14,7 +15,8 @@ Training: ResNet-20 (``relief.models.build("resnet20", 10, (3, 32, 32))``, seed 
   backward and ``torch.optim.SGD(lr=0.01, momentum=0.9, weight_decay=5e-4).step()``; no host synchronisation until
   the device is synchronised at the end of the timed run;
 - relief masked: as relief, on a copy of the model masked with ``relief.masks.apply_masks`` (random per-kernel
-  masks keeping --keep of the connections, all biases and BatchNorm tensors masked too, as NNrelief's masks are).
+  masks keeping --keep of the connections, all biases and BatchNorm tensors masked too, as NNrelief's masks are);
+  --no-masked leaves it out.
 
 Each model starts from the same initial weights (deep copies). Throughput is images trained per second of wall time
 (median over the repeats); the ratios relief/bare and masked/bare are printed against the target >= 0.9x. With
@@ -31,6 +33,11 @@ Defaults are sized for a GPU (a CIFAR-sized epoch, N = 1000). On a CPU, use smal
 
     python bench/gpu.py                                      # on a CUDA GPU
     python bench/gpu.py --device cpu --train-images 1280 --eval-images 128 --prune-n 250   # ~1.5 min on 2 cores
+    python bench/gpu.py --architectures paper --skip-prune --no-masked --out throughput.json   # for pipeline.cost
+
+--out writes relief's images/s per architecture and variant (precision, "-channels_last") as a throughput file
+for ``python -m pipeline.cost --throughput``, with the bare loop's and the device; an existing file is updated
+(bench/gpu_share.py adds the aggregate images/s of jobs sharing the device to the same file).
 
 On a CPU the loop's own overhead is a few microseconds per step; what relief's run does beyond the bare loop is
 mostly its evaluation of the validation and test splits (2 x --eval-images forwards per run: about 5% of a run of
@@ -42,26 +49,29 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import datetime
+import json
 import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import add_threads_option, describe  # bench/machine.py and bench/training.py, next to this file
+import yaml
+from machine import add_threads_option, cpu_name, describe  # bench/machine.py and bench/training.py, next to this file
 from training import nnrelief_like_masks
 
 from relief import nnrelief
-from relief.data import Dataset, Split
+from relief.data import DATASETS, Dataset, Split
 from relief.data.memory import random_crop_flip
 from relief.masks import apply_masks
 from relief.models import build
 from relief.train import TrainConfig, train
 
-SHAPE = (3, 32, 32)
+SHAPE = (3, 32, 32)  # the NNrelief pass's VGG-like
 NUM_CLASSES = 10
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's
 LR = 0.01
 FORWARD_BATCH = 250
 TARGET = 0.9  # relief / bare
@@ -72,22 +82,37 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_dataset(train_images: int, eval_images: int, device: torch.device, augment: bool) -> Dataset:
+PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
+THROUGHPUT_FORMAT = "relief throughput, version 1"  # pipeline/cost.py reads it
+
+
+def paper_architectures() -> dict[str, str]:
+    """Every architecture of configs/paper.yaml with the first dataset it is trained on."""
+    found = {}
+    for experiment in yaml.safe_load(PAPER.read_text())["experiments"].values():
+        for architecture in experiment["architectures"]:
+            found.setdefault(architecture, experiment["dataset"])
+    return found
+
+
+def random_dataset(train_images: int, eval_images: int, device: torch.device, augment: bool,
+                   dataset: str = "cifar10") -> Dataset:
+    spec = DATASETS[dataset]
     generator = torch.Generator().manual_seed(0)
 
     def split(n: int) -> Split:
-        images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=generator)
-        return Split(images, torch.randint(0, NUM_CLASSES, (n,), generator=generator)).to(device)
+        images = torch.randint(0, 256, (n, *spec.input_shape), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, spec.num_classes, (n,), generator=generator)).to(device)
 
     return Dataset(
-        name="random-cifar",
+        name=f"random-{dataset}",
         train=split(train_images),
         val=split(eval_images),
         test=split(eval_images),
-        mean=MEAN,
-        std=STD,
-        num_classes=NUM_CLASSES,
-        input_shape=SHAPE,
+        mean=spec.mean,
+        std=spec.std,
+        num_classes=spec.num_classes,
+        input_shape=spec.input_shape,
         augment=augment,
     )
 
@@ -109,8 +134,8 @@ def bare_run(model: torch.nn.Module, data: Dataset, config: TrainConfig):
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    mean = torch.tensor(MEAN, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def run() -> None:
@@ -154,10 +179,10 @@ def seconds(run) -> float:
     return time.perf_counter() - start
 
 
-def training_rows(args, device: torch.device):
-    data = random_dataset(args.train_images, args.eval_images, device, args.augment)
+def training_rows(args, device: torch.device, architecture: str, dataset: str):
+    data = random_dataset(args.train_images, args.eval_images, device, args.augment, dataset)
     torch.manual_seed(0)
-    initial = build("resnet20", NUM_CLASSES, SHAPE)
+    initial = build(architecture, data.num_classes, data.input_shape)
     masks = nnrelief_like_masks(initial, args.keep, torch.Generator().manual_seed(0))
     initial.to(device)
     trained = args.epochs * args.train_images
@@ -175,8 +200,9 @@ def training_rows(args, device: torch.device):
             runs = {
                 "relief": relief_run(copy.deepcopy(initial), data, config),
                 "bare": bare_run(copy.deepcopy(initial), data, config),
-                "masked": relief_run(apply_masks(copy.deepcopy(initial), masks), data, config),
             }
+            if args.masked:
+                runs["masked"] = relief_run(apply_masks(copy.deepcopy(initial), masks), data, config)
             syncs = {
                 "relief": host_syncs(relief_run(copy.deepcopy(initial), data, one_epoch), device),
                 "bare": host_syncs(bare_run(copy.deepcopy(initial), data, one_epoch), device),
@@ -215,6 +241,24 @@ def prune_rows(args, device: torch.device):
         yield norm, timings
 
 
+def write_throughput(path: Path, device: str, measured: dict, args) -> None:
+    """Update the throughput file at ``path``: relief's training images/s (what pipeline.cost reads), the bare
+    loop's and the masked model's, per architecture and variant."""
+    document = json.loads(path.read_text()) if path.exists() else {}
+    if document and (document.get("format") != THROUGHPUT_FORMAT or document.get("device") != device):
+        raise SystemExit(f"{path} holds figures of another device or format; give a new --out")
+    document.update(format=THROUGHPUT_FORMAT, device=device, torch=torch.__version__,
+                    measured=datetime.date.today().isoformat(),
+                    training=f"relief.train.train, {args.train_images} random resident images per epoch, batch "
+                             f"{args.batch_size}, SGD, augment {args.augment}; images/s, median of {args.repeats}")
+    for loop, key in (("relief", "images_per_s"), ("bare", "bare_images_per_s"), ("masked", "masked_images_per_s")):
+        for architecture, variants in measured.get(loop, {}).items():
+            document.setdefault(key, {}).setdefault(architecture, {}).update(variants)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    print(f"# wrote {path}")
+
+
 def print_row(cells, header) -> None:
     print("  ".join(cell.rjust(max(len(title), 8)) for cell, title in zip(cells, header)), flush=True)
 
@@ -222,6 +266,8 @@ def print_row(cells, header) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--architectures", nargs="+", default=["resnet20"],
+                        help="architectures to train (default resnet20; paper: every one of configs/paper.yaml)")
     parser.add_argument("--train-images", type=int, default=50_000, help="training images (default 50,000)")
     parser.add_argument("--eval-images", type=int, default=1000, help="validation and test images each (1000)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default 1)")
@@ -237,6 +283,8 @@ def main() -> None:
     )
     parser.add_argument("--augment", action="store_true", help="random crop + flip in both loops")
     parser.add_argument("--keep", type=float, default=0.3, help="connections kept by the masked model's masks (0.3)")
+    parser.add_argument("--no-masked", dest="masked", action="store_false", help="leave out the masked model's runs")
+    parser.add_argument("--out", type=Path, help="write (update) a throughput file for python -m pipeline.cost")
     parser.add_argument("--prune-n", type=int, default=1000, help="images of the NNrelief pass (default 1000)")
     parser.add_argument("--norms", nargs="+", choices=["fro", "fro-mean", "l1"], default=["fro"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
@@ -258,13 +306,17 @@ def main() -> None:
     else:
         name = f"CPU: {describe(args.threads)}"
     print(f"# device {device}: {name}; torch {torch.__version__}; host load average {os.getloadavg()[0]:.2f}")
+    paper = paper_architectures()
+    architectures = [a for given in args.architectures for a in (paper if given == "paper" else [given])]
+    measured: dict[str, dict[str, dict[str, float]]] = {}
     if not args.skip_training:
         print(
-            f"# ResNet-20, {args.train_images} random uint8 CIFAR-shaped images resident on the device, "
+            f"# {args.train_images} random uint8 images of each architecture's dataset shape resident on the device, "
             f"{args.epochs} epoch(s) per run, batch {args.batch_size}, SGD lr {LR} momentum 0.9 wd 5e-4, "
             f"augment {args.augment}; images/s: median of {args.repeats} runs after 1 warm-up, taking turns"
         )
         header = (
+            "architecture",
             "precision",
             "channels_last",
             "relief img/s",
@@ -278,23 +330,33 @@ def main() -> None:
             "syncs/epoch bare",
         )
         print_row(header, header)
-        for precision, channels_last, rate, syncs in training_rows(args, device):
-            ratio, masked_ratio = rate["relief"] / rate["bare"], rate["masked"] / rate["bare"]
-            print_row(
-                (
-                    precision,
-                    str(channels_last),
-                    f"{rate['relief']:,.0f}",
-                    f"{rate['bare']:,.0f}",
-                    f"{ratio:.3f}",
-                    f">= {TARGET}",
-                    "yes" if ratio >= TARGET else "NO",
-                    f"{rate['masked']:,.0f}",
-                    f"{masked_ratio:.3f}",
-                    *("n/a" if syncs[name] is None else str(syncs[name]) for name in ("relief", "bare")),
-                ),
-                header,
-            )
+        for architecture in architectures:
+            dataset = paper.get(architecture, "cifar10")
+            for precision, channels_last, rate, syncs in training_rows(args, device, architecture, dataset):
+                ratio = rate["relief"] / rate["bare"]
+                masked = (f"{rate['masked']:,.0f}", f"{rate['masked'] / rate['bare']:.3f}") if "masked" in rate else (
+                    "n/a", "n/a")
+                print_row(
+                    (
+                        f"{architecture} ({dataset})",
+                        precision,
+                        str(channels_last),
+                        f"{rate['relief']:,.0f}",
+                        f"{rate['bare']:,.0f}",
+                        f"{ratio:.3f}",
+                        f">= {TARGET}",
+                        "yes" if ratio >= TARGET else "NO",
+                        *masked,
+                        *("n/a" if syncs[name] is None else str(syncs[name]) for name in ("relief", "bare")),
+                    ),
+                    header,
+                )
+                variant = precision + ("-channels_last" if channels_last else "")
+                for loop, value in rate.items():
+                    measured.setdefault(loop, {}).setdefault(architecture, {})[variant] = round(value, 1)
+        if args.out:
+            device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
+            write_throughput(args.out, device_name, measured, args)
     if not args.skip_prune:
         print(
             f"# VGG-like NNrelief pass (default alphas) on {args.prune_n} random images on the device, against "

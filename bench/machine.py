@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from pipeline.jobs import cpu_name
 
 
 def describe(threads: int) -> str:

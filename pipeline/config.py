@@ -53,6 +53,8 @@ class Data(Strict):
     download: bool = True
     val_size: Annotated[int, Field(ge=0)] = 5000
     train_limit: Positive | None = None  # use only the first N training images (quick studies)
+    test_limit: Positive | None = None  # use only N test images, a fixed random subset (quick studies)
+    checksums: Text | None = None  # a checksum file (scripts/standin_data.py) replacing the pinned checksums
 
 
 class Mlflow(Strict):
@@ -239,6 +241,16 @@ def _checked(name: str, cls: type | None, options: dict, path: str | None = None
 PrunerEntry = PrunerSpec  # one entry of a `pruners:` list, in the study or in an experiment
 
 
+def _includes_nnrelief(pruners: list[PrunerSpec]) -> list[PrunerSpec]:
+    if "nnrelief" not in [pruner.name for pruner in pruners]:
+        raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
+    return pruners
+
+
+Pruners = Annotated[list[PrunerEntry], Field(min_length=1), AfterValidator(_includes_nnrelief)]
+Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 def _one_of(values) -> str:
     values = [repr(value) for value in values]
     return f"{', '.join(values[:-1])} or {values[-1]}"
@@ -289,6 +301,8 @@ class Experiment(Strict):
     retrain: Phase
     loop: Loop
     nnrelief: NNreliefSettings = NNreliefSettings()
+    pruners: Pruners | None = None  # this experiment's pruners instead of the study's
+    seeds: Seeds | None = None  # this experiment's seeds instead of the study's
     gpus: Annotated[int, Field(ge=0)] = 0  # GPUs each training/pruning job asks the scheduler for
     precision: Literal[PRECISIONS] = "fp32"  # bf16: training under bfloat16 autocast
     channels_last: bool = False  # NHWC memory layout in training (faster convolutions, CPU and GPU)
@@ -310,25 +324,19 @@ class Report(Strict):
 
 class Study(Strict):
     study: Name
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-    pruners: Annotated[list[PrunerEntry], Field(min_length=1)]
+    seeds: Seeds
+    pruners: Pruners
     experiments: Annotated[dict[Name, Experiment], Field(min_length=1)]
     datasets: dict[Name, ImageFolderDataset] = {}  # your own image datasets, by the name experiments use
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Positive = 1  # CPU threads per job
+    gpu_jobs_per_device: Positive = 1  # jobs that share one GPU at a time (pipeline/gpus.py)
+    time_inference: bool = True  # time dense, masked and compact inference in each pruning job (off: quick studies)
     runs_dir: Text = "runs"
     results_dir: Text = "results"
     data: Data = Data()
     mlflow: Mlflow = Mlflow()
     report: Report = Report()
-
-    @field_validator("pruners")
-    @classmethod
-    def _nnrelief_first(cls, pruners: list[PrunerSpec]) -> list[PrunerSpec]:
-        names = [pruner.name for pruner in pruners]
-        if "nnrelief" not in names:
-            raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
-        return pruners
 
     @field_validator("datasets")
     @classmethod
@@ -337,6 +345,12 @@ class Study(Strict):
         if clashes:
             raise ValueError(f"{clashes} are built-in datasets; give your own dataset another name")
         return datasets
+
+    def pruners_of(self, experiment: Experiment) -> list[PrunerSpec]:
+        return experiment.pruners or self.pruners
+
+    def seeds_of(self, experiment: Experiment) -> list[int]:
+        return experiment.seeds or self.seeds
 
 
 class ConfigError(ValueError):

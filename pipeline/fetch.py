@@ -19,7 +19,7 @@ def main() -> None:
     settings = jobs.runtime()
     data = settings["data"]
     loaded = load(args.dataset, data["root"], mirrors=data["mirrors"], download=data["download"],
-                  val_size=data["val_size"], spec=jobs.own_dataset(args.dataset, settings))
+                  val_size=data["val_size"], spec=jobs.dataset_spec(args.dataset, settings))
     write_json({
         "dataset": args.dataset,
         "root": str(Path(data["root"]).expanduser().resolve()),

@@ -35,6 +35,7 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
     "nnrelief_alpha_conv": ("pruner_details", "alpha_conv"),  # the alphas nnrelief.prune_to found (target mode)
     "nnrelief_alpha_fc": ("pruner_details", "alpha_fc"),
 }
+DEVICE_TAGS = ("device", "device_name", "device_index")  # where the job ran (config.json)
 ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
 _ATTEMPTS = 8
 
@@ -104,7 +105,8 @@ def ingest(run_dir: Path, settings: dict) -> dict:
             return {"run_id": run.info.run_id, "experiment_id": experiment_id, "status": status}
         client.delete_run(run.info.run_id)  # a half-logged run, or an outcome that a later attempt replaced
     tags = {**{k: str(v) for k, v in labels.items()}, "config_hash": config_hash, "kind": run_dir.parent.name,
-            "git_commit": str(config.get("git_commit")), "study": settings["study"]}
+            "git_commit": str(config.get("git_commit")), "study": settings["study"],
+            **{key: str(config[key]) for key in DEVICE_TAGS if config.get(key) is not None}}
     run = client.create_run(experiment_id, run_name=run_name(labels), tags=tags)
     run_id = run.info.run_id
     params = {**flatten(config["slice"]), "device": config["device"]}

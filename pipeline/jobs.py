@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from relief.data import Dataset, DatasetSpec, Split, image_folder, load
+from pipeline import gpus
+from relief.data import Dataset, DatasetSpec, Split, image_folder, load, read_checksums
 from relief.train import Divergence
 
 RUNTIME_VARIABLE = "RELIEF_RUNTIME"  # set by the Snakefile: settings that do not change results
@@ -45,30 +46,57 @@ def arguments(description: str, *extra: str) -> argparse.Namespace:
 
 
 def device(settings: dict) -> torch.device:
+    """CPU, or the GPU this job holds a slot on (pipeline/gpus.py) until it ends."""
     choice = settings.get("device", "auto")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device: cuda is set in params.yaml, but no CUDA device is visible to this job")
-    return torch.device(choice)
+    if choice == "cpu":
+        return torch.device("cpu")
+    on = torch.device("cuda", gpus.place(settings.get("gpu_jobs_per_device", 1)))
+    torch.cuda.set_device(on)  # a bare "cuda" anywhere now means this device too
+    return on
+
+
+def device_record(on: torch.device) -> dict:
+    """The device a job ran on: its name, its index among the visible devices, and which devices were visible."""
+    if on.type == "cuda":
+        return {"device_name": torch.cuda.get_device_name(on), "device_index": on.index,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"device_name": cpu_name(), "device_index": None}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def dataset_spec(name: str, settings: dict) -> DatasetSpec | None:
+    """The spec to load ``name`` with: the study's own dataset (an ImageFolder), the one ``data.checksums`` gives a
+    built-in dataset (stand-in data), or None: the built-in one with its pinned checksums."""
+    own = settings.get("datasets", {}).get(name)
+    if own is not None:
+        return image_folder.spec(name, own["folder"], **{key: value for key, value in own.items() if key != "folder"})
+    checksums = settings["data"].get("checksums")
+    return read_checksums(checksums).get(name) if checksums else None
 
 
 def dataset(name: str, piece: dict, settings: dict, on: torch.device) -> Dataset:
     data = settings["data"]
     loaded = load(name, data["root"], mirrors=data["mirrors"], download=data["download"], val_size=piece["val_size"],
-                  spec=own_dataset(name, settings))
+                  spec=dataset_spec(name, settings))
     limit = piece.get("train_limit")
     if limit:
         loaded = replace(loaded, train=Split(loaded.train.images[:limit], loaded.train.labels[:limit]))
+    if piece.get("test_limit"):
+        kept = torch.randperm(len(loaded.test.labels), generator=torch.Generator().manual_seed(0))
+        kept = kept[:piece["test_limit"]].sort().values
+        loaded = replace(loaded, test=Split(loaded.test.images[kept], loaded.test.labels[kept]))
     return loaded.to(on)
-
-
-def own_dataset(name: str, settings: dict) -> DatasetSpec | None:
-    """The spec of the study's own dataset ``name`` (an ImageFolder), or None for a built-in one."""
-    own = settings.get("datasets", {}).get(name)
-    if own is None:
-        return None
-    return image_folder.spec(name, own["folder"], **{key: value for key, value in own.items() if key != "folder"})
 
 
 def provenance() -> dict:
@@ -85,10 +113,11 @@ def provenance() -> dict:
 
 
 def record(out: Path, piece: dict, labels: dict, on: torch.device) -> None:
-    """Write the job's config.json: its slice, labels, the device and the provenance."""
+    """Write the job's config.json: its slice, labels, the device (name, index) and the provenance."""
     from relief.checkpoints import write_json
 
-    write_json({"slice": piece, "labels": labels, "device": str(on), **provenance()}, out / "config.json")
+    write_json({"slice": piece, "labels": labels, "device": str(on), **device_record(on), **provenance()},
+               out / "config.json")
 
 
 @contextmanager

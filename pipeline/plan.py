@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from pipeline.config import Experiment, NNreliefSettings, PrunerSpec, Study
+from relief.data import read_checksums
 
 HASH_LENGTH = 16
 
@@ -49,13 +50,14 @@ class Plan:
 def plan(study: Study) -> Plan:
     dense: dict[str, Job] = {}
     prune: dict[str, Job] = {}
+    checksums = _checksums(study)
     for name, experiment in study.experiments.items():
         for architecture in experiment.architectures:
             for optimizer in experiment.optimizers:
-                for seed in study.seeds:
+                for seed in study.seeds_of(experiment):
                     labels = {"experiment": name, "dataset": experiment.dataset, "architecture": architecture,
                               "optimizer": optimizer, "seed": seed}
-                    trained = _dense_job(study, experiment, labels)
+                    trained = _dense_job(study, experiment, labels, checksums.get(experiment.dataset))
                     dense[trained.hash] = trained
                     for job in _prune_jobs(study, experiment, trained, labels):
                         prune[job.hash] = job
@@ -63,18 +65,28 @@ def plan(study: Study) -> Plan:
     return Plan(dense=dense, prune=prune, datasets=datasets)
 
 
+def _checksums(study: Study) -> dict[str, str]:
+    """Per dataset that ``data.checksums`` lists, the hash of its checksums: other files, other data, other jobs."""
+    if study.data.checksums is None:
+        return {}
+    specs = read_checksums(study.data.checksums)  # readable: pipeline/validate.py checked it
+    return {name: config_hash({"files": [vars(f) for f in spec.files], "members": [vars(f) for f in spec.members]})
+            for name, spec in specs.items()}
+
+
 def _prune_jobs(study: Study, experiment: Experiment, trained: Job, labels: dict) -> list[Job]:
     """NNrelief's job for every combination of its settings, each with its baselines: at its counts, or, with
     ``targets``, at the targets (layerwise-shuffle, which copies NNrelief's per-layer counts, still follows it)."""
     jobs = []
-    entries = {entry.name: entry for entry in study.pruners}
+    pruners = study.pruners_of(experiment)
+    entries = {entry.name: entry for entry in pruners}
     if experiment.targets is not None:
         labels = {**labels, "targets": experiment.targets.label()}
     for settings in experiment.nnrelief.combinations(labels["architecture"]):
         point = {**labels, **_setting_labels(experiment.nnrelief, settings)}
         reference = _prune_job(experiment, trained, entries["nnrelief"], point, nnrelief=settings)
         jobs.append(reference)
-        for entry in study.pruners:
+        for entry in pruners:
             if entry.name != "nnrelief":
                 follows = experiment.targets is None or entry.name == "layerwise-shuffle"
                 at = reference.hash if follows else None
@@ -95,7 +107,7 @@ def _setting_labels(nnrelief: NNreliefSettings, settings: dict) -> dict:
     return {**labels, **({"variant": variant} if variant != defaults["variant"] else {})}
 
 
-def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
+def _dense_job(study: Study, experiment: Experiment, labels: dict, checksums: str | None) -> Job:
     piece = {
         "dataset": experiment.dataset,
         "val_size": study.data.val_size,
@@ -109,6 +121,10 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
     }
     if experiment.loop.rewind == "epoch":
         piece["rewind_epoch"] = experiment.loop.rewind_epoch
+    if study.data.test_limit is not None:  # new settings enter the slice only when set: older hashes stay
+        piece["test_limit"] = study.data.test_limit
+    if checksums is not None:
+        piece["checksums"] = checksums
     if experiment.dataset in study.datasets:
         piece["image_folder"] = study.datasets[experiment.dataset].slice()
     return Job("dense", config_hash(piece), piece, {**labels, "pruner": "none"}, experiment.gpus)

@@ -4,7 +4,9 @@ pruner to the study's targets."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -52,6 +54,14 @@ def _plugin_class(piece: dict) -> type | None:
     return cls
 
 
+def share(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (checkpoints are replaced, never written in place), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not supported
+        shutil.copy(source, target)
+
+
 def main() -> None:
     args = jobs.arguments(__doc__, "dense", "reference")
     torch.set_num_threads(args.threads)
@@ -67,7 +77,7 @@ def run(args, settings: dict, on: torch.device) -> None:
     dense = json.loads((args.dense / "config.json").read_text())["slice"]
     for name in DENSE_FILES:  # every pruner starts from the same trained model
         if (args.dense / name).exists() and not (args.out / name).exists():
-            shutil.copy(args.dense / name, args.out / name)
+            share(args.dense / name, args.out / name)
     data = jobs.dataset(dense["dataset"], dense, settings, on)
     loop = LoopConfig(**piece["loop"])
     build = model_builder(dense, data)
@@ -85,14 +95,19 @@ def run(args, settings: dict, on: torch.device) -> None:
     compacted = compact(masked, final["masks"], images)
     torch.save(compacted, args.out / "compact.pt")
     checkpoints.write_json(result["iterations"][-1]["layers"], args.out / "layers.json")
-    trained = build().to(on)
-    checkpoints.load_into(trained, checkpoints.load(args.out / "dense.pt", map_location=on)["model"], "dense.pt")
+    if settings.get("time_inference", True):
+        time_inference(build().to(on), masked, compacted, images, on, args.out)
+
+
+def time_inference(trained, masked, compacted, images: torch.Tensor, on: torch.device, out) -> None:
+    """Write ``inference.json``: the dense (``out/dense.pt``), masked and compacted models' inference times."""
+    checkpoints.load_into(trained, checkpoints.load(out / "dense.pt", map_location=on)["model"], "dense.pt")
     timings = {variant: inference_ms(model, images, INFERENCE_BATCHES)
                for variant, model in (("dense", trained), ("masked", masked), ("compact", compacted))}
     checkpoints.write_json({
         "device": str(on), "threads": torch.get_num_threads(), "unit": "ms per batch, median",
         "batch_ms": {variant: {str(size): ms for size, ms in by_size.items()} for variant, by_size in timings.items()},
-    }, args.out / jobs.INFERENCE)
+    }, out / jobs.INFERENCE)
 
 
 if __name__ == "__main__":

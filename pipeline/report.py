@@ -61,7 +61,7 @@ class Group:
     key: tuple[str, str, str, str]
     name: str  # file stem: dataset_architecture_optimizer (prefixed by the experiment when that alone is ambiguous)
     by_pruner: dict[str, list[dict]]
-    pruners: list[str]  # every pruner of the study, NNrelief first: those absent here are missing rows
+    pruners: list[str]  # every pruner of its experiment, NNrelief first: those absent here are missing rows
     iteration: int | None  # None: no finished NNrelief run, so no comparison (every row is missing)
     tolerance: float
     failures: list[dict]  # this group's failed jobs (dense or pruning), with their reasons
@@ -111,7 +111,9 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished + failed:
         by_key[(*(run["labels"][k] for k in GROUP_KEYS), run["labels"].get("sweep", ""))].append(run)
-    study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
+    by_experiment = defaultdict(set)  # an experiment's own pruners (experiments may name their own)
+    for run in finished + failed:
+        by_experiment[run["labels"]["experiment"]].add(run["labels"]["pruner"])
     triples = [key[1:] for key in by_key]
     result = []
     for full_key in sorted(by_key):
@@ -124,9 +126,9 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
         iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
         failures = sorted((r for r in by_key[full_key] if r["metrics"] is None), key=_failure_order)
         targets = next((r["labels"]["targets"] for r in by_key[full_key] if "targets" in r["labels"]), "")
-        result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=iteration, tolerance=tolerance, failures=failures, sweep=sweep,
-                            targets=targets))
+        result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner),
+                            pruners=pruner_order(by_experiment[key[0]] - {"none"}), iteration=iteration,
+                            tolerance=tolerance, failures=failures, sweep=sweep, targets=targets))
     return result
 
 
@@ -144,7 +146,7 @@ def _file_stem(name: str) -> str:
 
 
 def group_rows(group: Group) -> list[dict]:
-    """One row per pruner of the study, NNrelief first; a pruner without runs (or short of the iteration) is missing."""
+    """One row per pruner of the experiment, NNrelief first; one without runs (or short of the iteration) is missing."""
     table = []
     for pruner in group.pruners:
         runs = [] if group.iteration is None else [

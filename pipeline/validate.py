@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from relief import models
-from relief.data import DATASETS, DatasetSpec, image_folder
+from relief.data import DATASETS, DatasetError, DatasetSpec, image_folder, read_checksums
 
 if TYPE_CHECKING:
     from pipeline.config import Experiment, Study
@@ -100,7 +100,7 @@ def val_size_fits(study: Study, name: str, experiment: Experiment) -> Iterator[P
 
 
 def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, limit, left = facts(study, experiment), study.data.train_limit, _training_images(study, experiment)
+    data, limit, left = facts(study, experiment), study.data.train_limit, training_images(study, experiment)
     if limit is not None and 0 < left < limit:
         yield Problem(
             "data.train_limit",
@@ -109,7 +109,7 @@ def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterato
 
 
 def prune_set_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    data, size, left = facts(study, experiment), experiment.loop.prune_set_size, _training_images(study, experiment)
+    data, size, left = facts(study, experiment), experiment.loop.prune_set_size, training_images(study, experiment)
     limit = study.data.train_limit
     available = min(left, limit) if limit is not None else left
     if 0 < available < size:
@@ -143,6 +143,10 @@ def rewind_within_pretraining(study: Study, name: str, experiment: Experiment) -
 def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
     lists = {"seeds": study.seeds, "pruners": [pruner.name for pruner in study.pruners],
              f"experiments.{name}.architectures": experiment.architectures}
+    if experiment.seeds is not None:
+        lists[f"experiments.{name}.seeds"] = experiment.seeds
+    if experiment.pruners is not None:
+        lists[f"experiments.{name}.pruners"] = [pruner.name for pruner in experiment.pruners]
     for path, values in lists.items():
         repeated = [value for index, value in enumerate(values) if value in values[:index]]
         if repeated:
@@ -163,6 +167,14 @@ def jobs_not_shared(study: Study, name: str, experiment: Experiment) -> Iterator
                 f"asks for {len(shared)} of the same pruning jobs as experiments.{other} (the same dataset, "
                 "architecture, optimizer, schedules and pruning settings): each runs once, under one of the two "
                 "names only; change a setting of one, or merge the two")
+
+
+def checksums_readable(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
+    if study.data.checksums is not None:
+        try:
+            read_checksums(study.data.checksums)
+        except DatasetError as error:
+            yield Problem("data.checksums", str(error), study.data.checksums)
 
 
 def one_iteration_per_target(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
@@ -196,6 +208,7 @@ READS = ("data", "experiments", "seeds", "pruners", "datasets")  # the top-level
 
 CHECKS: tuple[Check, ...] = (
     listed_once,
+    checksums_readable,
     architectures_build,
     val_size_fits,
     train_limit_fits,
@@ -243,10 +256,12 @@ def duplicate_keys(path: str | Path) -> list[Problem]:
 
 
 def _pruning_jobs(study: Study, name: str) -> set[str]:
-    """The hashes of the pruning jobs experiment ``name`` asks for."""
+    """The hashes of the pruning jobs experiment ``name`` asks for (without data.checksums, which would change every
+    job of a dataset alike: checked on its own, and maybe unreadable)."""
     from pipeline.plan import plan  # plan imports the schema, which imports this module
 
-    return set(plan(study.model_copy(update={"experiments": {name: study.experiments[name]}})).prune)
+    alone = {"experiments": {name: study.experiments[name]}, "data": study.data.model_copy(update={"checksums": None})}
+    return set(plan(study.model_copy(update=alone)).prune)
 
 
 def _after_validation(study: Study, experiment: Experiment) -> str:
@@ -255,7 +270,7 @@ def _after_validation(study: Study, experiment: Experiment) -> str:
     return f" once data.val_size ({study.data.val_size:,}) are set aside"
 
 
-def _training_images(study: Study, experiment: Experiment) -> int:
+def training_images(study: Study, experiment: Experiment) -> int:
     """The training images left once the validation split is carved out (train_limit then takes the first ones)."""
     carved = study.data.val_size if _carves_validation(study, experiment) else 0
     return facts(study, experiment).train_size - carved

@@ -43,7 +43,7 @@ with warnings.catch_warnings():
 MAC_UNIT = "multiply-adds (fvcore), batch 1"
 FLOP_UNIT = "2 x multiply-adds (fvcore), batch 1"
 
-__all__ = ["architecture", "layer_summary", "mac_counts", "parameter_counts", "summarise"]
+__all__ = ["architecture", "dense_macs", "layer_summary", "mac_counts", "parameter_counts", "summarise"]
 
 
 @dataclass
@@ -253,6 +253,14 @@ def _mac_counts(counted: _Counted, rows: list[dict], example_input: torch.Tensor
         "per_layer_nonzero_macs": per_layer_nonzero,
         "per_layer_structural_macs": {row["layer"]: int(structural_by_module.get(row["layer"], 0)) for row in rows},
     }
+
+
+def dense_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-adds of one input (``example_input[:1]``) through the model with every weight in place (fvcore, eval
+    mode): ``mac_counts(...)["dense_macs"]`` without counting the pruned and the compacted model."""
+    net = _prepare(model, None).net
+    device = _device_of(net)
+    return _number(_fvcore(net, example_input[:1].to(device) if device is not None else example_input[:1]).total())
 
 
 def mac_counts(model: nn.Module, masks: Masks | None, example_input: torch.Tensor) -> dict:

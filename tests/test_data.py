@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import http.server
 import io
+import json
 import os
-import pickle
-import struct
-import tarfile
 import threading
 import zipfile
 from dataclasses import replace
@@ -25,17 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from relief.data import DATASETS, Dataset, DatasetError, FileSpec, Split, load
+from relief.data import DATASETS, Dataset, DatasetError, Split, load, read_checksums
 from relief.data.memory import random_crop_flip
+from relief.data.standin import CHECKSUMS, jpeg, md5, write_cifar, write_idx, write_standins, write_tiny_imagenet
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 N_TRAIN, N_TEST = 30, 10
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -60,11 +53,6 @@ def unwritable(monkeypatch, folder: Path) -> None:
 # --- MNIST-family IDX files -------------------------------------------------------------------------------------------
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file of uint8 data: magic 0x08 with the number of dimensions, then big-endian sizes."""
-    return struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
 @pytest.fixture
 def idx_mirror(tmp_path):
     """(mirror folder, spec, arrays): gzip IDX files of 30 train + 10 test 28x28 images; pixel [0, 0] numbers them."""
@@ -77,12 +65,7 @@ def idx_mirror(tmp_path):
         arrays[f"{prefix}-labels-idx1-ubyte"] = rng.integers(0, 10, n, dtype=np.uint8)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    files = []
-    for file in DATASETS["mnist"].files:
-        content = idx_bytes(arrays[Path(file.name).stem])
-        (mirror / file.name).write_bytes(gzip.compress(content, mtime=0))
-        files.append(FileSpec(file.name, md5((mirror / file.name).read_bytes()), md5(content)))
-    return mirror, replace(DATASETS["mnist"], files=tuple(files)), arrays
+    return mirror, write_idx(mirror, DATASETS["mnist"], arrays), arrays
 
 
 def test_mnist_from_local_mirror(tmp_path, idx_mirror):
@@ -254,7 +237,7 @@ def any_mirror(request, tmp_path) -> tuple[str, Path, object]:
     if name == "cifar10":
         (tmp_path / "mirror").mkdir()
         return name, tmp_path / "mirror", cifar_archive(tmp_path / "mirror", name, np.random.default_rng(4))[1]
-    return name, request.getfixturevalue("tiny_mirror"), DATASETS[name]
+    return name, *request.getfixturevalue("tiny_mirror")
 
 
 def test_unwritable_folder_that_must_be_written_to(tmp_path, any_mirror, monkeypatch):
@@ -286,60 +269,17 @@ def test_unknown_dataset_name():
 # --- CIFAR ------------------------------------------------------------------------------------------------------------
 
 
-class Py2Str(bytes):
-    """Pickled as a Python 2 str, as in the real CIFAR files (bytes under encoding="bytes", str under "latin1")."""
-
-
-class Py2Pickler(pickle._Pickler):
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj):
-        self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + bytes(obj))
-        self.memoize(obj)
-
-    dispatch[Py2Str] = save_py2_str
-
-
-def py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def cifar_archive(folder: Path, name: str, rng) -> tuple[Path, object, dict[str, np.ndarray]]:
+def cifar_archive(folder: Path, name: str, rng) -> tuple[Path, object, dict[str, tuple[np.ndarray, list[int]]]]:
     """A cifar-10/100-python.tar.gz with the real member names and dict keys; (archive, spec, images per batch)."""
     spec = DATASETS[name]
-    label_key, classes = (b"labels", 10) if name == "cifar10" else (b"fine_labels", 100)
-    batches, sizes = {}, {}
     members = [member.name for member in spec.members]
+    batches = {}
     for member in members[:-1]:
-        sizes[member] = N_TEST if "test" in member else N_TRAIN // (len(members) - 2)
-        data = rng.integers(0, 256, (sizes[member], 3072), dtype=np.uint8)
-        labels = rng.integers(0, classes, sizes[member]).tolist()
-        batch = {
-            Py2Str(b"batch_label"): Py2Str(member.encode()),
-            Py2Str(label_key): labels,
-            Py2Str(b"data"): data,
-            Py2Str(b"filenames"): [Py2Str(b"x.png")] * sizes[member],
-        }
-        if name == "cifar100":
-            batch[Py2Str(b"coarse_labels")] = [label // 5 for label in labels]
-        batches[member] = (data, labels, py2_pickle(batch))
-    names_key = b"label_names" if name == "cifar10" else b"fine_label_names"
-    meta = py2_pickle({Py2Str(names_key): [Py2Str(f"class{i}".encode()) for i in range(classes)]})
-    contents = {member: batch[2] for member, batch in batches.items()} | {members[-1]: meta}
-    archive = folder / spec.files[0].name
-    with tarfile.open(archive, "w:gz") as tar:
-        for member, content in contents.items():
-            info = tarfile.TarInfo(f"{spec.folder}/{member}")
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    spec = replace(
-        spec,
-        files=(FileSpec(archive.name, md5(archive.read_bytes())),),
-        members=tuple(FileSpec(member, md5(content)) for member, content in contents.items()),
-    )
-    return archive, spec, batches
+        size = N_TEST if "test" in member else N_TRAIN // (len(members) - 2)
+        batches[member] = (rng.integers(0, 256, (size, 3072), dtype=np.uint8),
+                           rng.integers(0, spec.num_classes, size).tolist())
+    spec = write_cifar(folder, spec, batches)
+    return folder / spec.files[0].name, spec, batches
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -411,37 +351,18 @@ def test_bad_cifar_archive_in_the_data_folder_is_reported_and_left_alone(tmp_pat
 WNIDS = ["n02", "n01", "n03"]  # not sorted, as in the real wnids.txt; labels follow the sorted order
 
 
-def jpeg(colour) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), colour).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 def colour(wnid: str, k: int, val: bool) -> tuple[int, int, int]:
     return (40 + 60 * WNIDS.index(wnid), 30 + 40 * k, 200 if val else 20)
 
 
 @pytest.fixture
 def tiny_mirror(tmp_path):
-    """A tiny-imagenet-200.zip in the official layout: 3 classes, 4 train and 2 val 64x64 JPEGs each."""
+    """(mirror, spec): a tiny-imagenet-200.zip in the official layout, 3 classes, 4 train and 2 val JPEGs each."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    base = "tiny-imagenet-200"
-    with zipfile.ZipFile(mirror / "tiny-imagenet-200.zip", "w") as archive:
-        archive.writestr(f"{base}/wnids.txt", "\n".join(WNIDS) + "\n")
-        archive.writestr(f"{base}/words.txt", "".join(f"{wnid}\tthing {wnid}\n" for wnid in WNIDS))
-        annotations = []
-        for wnid in WNIDS:
-            archive.writestr(f"{base}/train/{wnid}/{wnid}_boxes.txt", "")
-            for k in range(4):
-                archive.writestr(f"{base}/train/{wnid}/images/{wnid}_{k}.JPEG", jpeg(colour(wnid, k, False)))
-            for k in range(2):
-                name = f"val_{len(annotations)}.JPEG"
-                archive.writestr(f"{base}/val/images/{name}", jpeg(colour(wnid, k, True)))
-                annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
-        archive.writestr(f"{base}/val/val_annotations.txt", "".join(annotations))
-        archive.writestr(f"{base}/test/images/test_0.JPEG", jpeg((0, 0, 0)))
-    return mirror
+    train = {wnid: [jpeg(colour(wnid, k, False)) for k in range(4)] for wnid in WNIDS}
+    val = [(wnid, jpeg(colour(wnid, k, True))) for wnid in WNIDS for k in range(2)]
+    return mirror, write_tiny_imagenet(mirror, DATASETS["tiny-imagenet"], WNIDS, train, val)
 
 
 def expected_tiny(val: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,8 +372,9 @@ def expected_tiny(val: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_tiny_imagenet_from_local_mirror_and_cache(tmp_path, tiny_mirror, monkeypatch):
+    mirror, spec = tiny_mirror
     root = tmp_path / "data"
-    data = load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    data = load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=spec)
     assert (len(data.train.labels), len(data.val.labels), len(data.test.labels)) == (9, 3, 6)
     assert data.train.images.shape[1:] == (3, 64, 64) and data.train.images.dtype == torch.uint8
     assert data.augment and data.num_classes == 200
@@ -470,21 +392,22 @@ def test_tiny_imagenet_from_local_mirror_and_cache(tmp_path, tiny_mirror, monkey
         "val_3.JPEG",
     ]
     # The cache answers from now on, also read-only: no image is decoded again.
-    monkeypatch.setattr("relief.data.tiny_imagenet.ImageFolder", None)
+    monkeypatch.setattr("relief.data.tiny_imagenet._decode", None)
     unwritable(monkeypatch, root)
-    again = load("tiny-imagenet", root, val_size=3, download=False)
+    again = load("tiny-imagenet", root, val_size=3, download=False, spec=spec)
     assert torch.equal(again.test.images, data.test.images) and torch.equal(again.train.images, data.train.images)
 
 
 def test_tiny_imagenet_val_sorting_resumes(tmp_path, tiny_mirror):
+    mirror, spec = tiny_mirror
     root = tmp_path / "data"
     folder = root / "tiny-imagenet-200"
-    load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=spec)
     (folder / "uint8-tensors.pt").unlink()
     (folder / "val" / ".relief-val-sorted").unlink()
     (folder / "val" / "images").mkdir()  # as if interrupted after moving all but one image
     (folder / "val" / "n01" / "val_2.JPEG").rename(folder / "val" / "images" / "val_2.JPEG")
-    assert len(load("tiny-imagenet", root, val_size=3, download=False).test.labels) == 6
+    assert len(load("tiny-imagenet", root, val_size=3, download=False, spec=spec).test.labels) == 6
 
 
 def zip_with(archive: Path, changes: dict[str, bytes | None]) -> bytes:
@@ -498,16 +421,23 @@ def zip_with(archive: Path, changes: dict[str, bytes | None]) -> bytes:
     return buffer.getvalue()
 
 
+def unchecked(spec):
+    """``spec`` with its archive's MD5 unchecked, so that the later checks of a damaged archive are reached."""
+    return replace(spec, files=(replace(spec.files[0], md5=None),))
+
+
 @pytest.mark.parametrize(
-    "damage, problem",
+    "damage, problem, check_md5",
     [
-        ("not a zip", "not a readable archive"),
-        ("truncated", "not a readable archive"),
-        ("no wnids.txt", "has no tiny-imagenet-200/wnids.txt"),
+        ("not a zip", "not a readable archive", False),
+        ("truncated", "not a readable archive", False),
+        ("no wnids.txt", "has no tiny-imagenet-200/wnids.txt", False),
+        ("no wnids.txt", "MD5 is ", True),
     ],
 )
-def test_bad_tiny_imagenet_archive_is_reported_and_left_alone(tmp_path, tiny_mirror, damage, problem):
-    good = tiny_mirror / "tiny-imagenet-200.zip"
+def test_bad_tiny_imagenet_archive_is_reported_and_left_alone(tmp_path, tiny_mirror, damage, problem, check_md5):
+    mirror, spec = tiny_mirror
+    good = mirror / "tiny-imagenet-200.zip"
     bad = {
         "not a zip": b"PK\x03\x04 not really a zip",
         "truncated": good.read_bytes()[: good.stat().st_size // 2],
@@ -517,24 +447,26 @@ def test_bad_tiny_imagenet_archive_is_reported_and_left_alone(tmp_path, tiny_mir
     root.mkdir()
     (root / good.name).write_bytes(bad)
     with pytest.raises(DatasetError, match=rf"{root / good.name} failed verification: {problem}"):
-        load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+        load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=spec if check_md5 else unchecked(spec))
     assert snapshot(root) == {good.name: bad}
 
 
 def test_bad_tiny_imagenet_cache_is_reported_and_left_alone(tmp_path, tiny_mirror):
+    mirror, spec = tiny_mirror
     root = tmp_path / "data"
-    load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+    load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=spec)
     cache = root / "tiny-imagenet-200" / "uint8-tensors.pt"
     cache.write_bytes(cache.read_bytes()[:1000])
     before = snapshot(root)
     with pytest.raises(DatasetError, match=rf"{cache} failed verification: not a readable tensor cache"):
-        load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+        load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=spec)
     assert snapshot(root) == before
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not an image"])
 def test_unreadable_tiny_imagenet_image_is_reported_and_never_trained_on(tmp_path, tiny_mirror, damage):
-    archive = tiny_mirror / "tiny-imagenet-200.zip"
+    mirror, spec = tiny_mirror
+    archive = mirror / "tiny-imagenet-200.zip"
     image = jpeg(colour("n01", 1, False))
     bad = image[: len(image) // 2] if damage == "truncated" else b"not a JPEG"
     archive.write_bytes(zip_with(archive, {"tiny-imagenet-200/train/n01/images/n01_1.JPEG": bad}))
@@ -542,8 +474,64 @@ def test_unreadable_tiny_imagenet_image_is_reported_and_never_trained_on(tmp_pat
     path = root / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_1.JPEG"
     for _ in range(2):  # extracted by the first load, found again in the folder by the second
         with pytest.raises(DatasetError, match=rf"{path} is not a readable image"):
-            load("tiny-imagenet", root, mirrors=[str(tiny_mirror)], val_size=3)
+            load("tiny-imagenet", root, mirrors=[str(mirror)], val_size=3, spec=unchecked(spec))
     assert path.read_bytes() == bad and not (path.parents[3] / "uint8-tensors.pt").exists()
+
+
+# --- stand-in data ----------------------------------------------------------------------------------------------------
+
+STANDIN_SIZES = {"mnist": (12, 4), "fashion-mnist": (12, 4), "cifar10": (12, 4), "cifar100": (12, 4),
+                 "tiny-imagenet": (200, 200)}  # Tiny-ImageNet: one image per class at least, in train and in val
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    """(mirror folder, specs): every dataset's stand-in, written by the script's function, and its checksum file."""
+    folder = tmp_path_factory.mktemp("standin")
+    return folder, read_checksums(write_standins(folder, STANDIN_SIZES))
+
+
+@pytest.mark.parametrize("name", list(STANDIN_SIZES))
+def test_a_standin_loads_under_its_checksums_and_is_refused_where_the_real_one_belongs(tmp_path, standins, name):
+    folder, specs = standins
+    spec, real = specs[name], DATASETS[name]
+    mirror = folder / name
+    data = load(name, tmp_path / "standin", mirrors=[str(mirror)], val_size=2, spec=spec)
+    train, test = STANDIN_SIZES[name]
+    assert (len(data.train.labels) + len(data.val.labels), len(data.test.labels)) == (train, test)
+    assert (data.num_classes, data.input_shape) == (real.num_classes, real.input_shape)
+    assert set(data.test.labels.tolist()) == set(range(min(test, real.num_classes)))
+    # From a mirror, under the real spec: every copy is refused.
+    with pytest.raises(DatasetError, match=rf"(?s)could not fetch.*{mirror}.*MD5 is"):
+        load(name, tmp_path / "real", mirrors=[str(mirror)], val_size=2, spec=replace(real, urls=()))
+    # Put in the data folder where the real archive belongs: refused and left as it is.
+    archive = spec.files[0].name
+    placed = tmp_path / "placed" / (f"{real.folder}/{archive}" if real.format == "idx" else archive)
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes((mirror / archive).read_bytes())
+    before = snapshot(tmp_path / "placed")
+    with pytest.raises(DatasetError, match=rf"{placed} failed verification: .*MD5 is"):
+        load(name, tmp_path / "placed", download=False, val_size=2)
+    assert snapshot(tmp_path / "placed") == before
+    # The stand-in's prepared folder (extracted, decoded) read under the real spec: refused too.
+    with pytest.raises(DatasetError, match=r"failed verification: .*MD5 (is|\w+)"):
+        load(name, tmp_path / "standin", download=False, val_size=2)
+
+
+def test_a_bad_checksum_file_is_named(tmp_path, standins):
+    folder, _ = standins
+    document = json.loads((folder / CHECKSUMS).read_text())
+    bad = {
+        "not json": "{",
+        "another format": json.dumps({**document, "format": "mine"}),
+        "unknown dataset": json.dumps({**document, "datasets": {"imagenet": {"files": [], "members": []}}}),
+        "wrong files": json.dumps({**document, "datasets": {"cifar10": {"files": [], "members": []}}}),
+    }
+    for problem, text in bad.items():
+        path = tmp_path / f"{problem}.json"
+        path.write_text(text)
+        with pytest.raises(DatasetError, match=rf"{path} is not a readable checksum file .*standin_data.py"):
+            read_checksums(path)
 
 
 # --- batches and the pruning set --------------------------------------------------------------------------------------

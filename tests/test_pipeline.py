@@ -68,11 +68,13 @@ def test_every_output_and_mlflow_run_exists(tiny_study):
         assert all(sorted(by_size) == ["1", "256"] and min(by_size.values()) > 0 for by_size in timings.values())
         config = json.loads((run / "config.json").read_text())
         assert config["git_commit"] and config["packages"]["torch"]
+        assert (config["device"], config["device_index"]) == ("cpu", None) and config["device_name"]
     client, runs = mlflow_runs(tiny_study)
     assert sorted(r.data.tags["pruner"] for r in runs) == ["magnitude", "nnrelief", "none"]
     for run in runs:
         assert run.info.status == "FINISHED"
         assert {"architecture", "dataset", "optimizer", "seed", "config_hash", "git_commit"} <= set(run.data.tags)
+        assert run.data.tags["device"] == "cpu" and run.data.tags["device_name"]  # no index on a CPU
         assert run.info.run_name.startswith("lenet300-100 / fashion-mnist / adam / ")
     pruned = next(r for r in runs if r.data.tags["pruner"] == "nnrelief")
     history = client.get_metric_history(pruned.info.run_id, "remaining_pct_of_prunable")

@@ -86,7 +86,8 @@ CASES = [
     (("study",), _DELETE, "study"),
     (("experiments",), _DELETE, "experiments"),
     (("data", "val_size"), -1, "data.val_size"),
-    (("data", "mirror"), ["x"], "allowed keys here: download, mirrors, root, train_limit, val_size"),
+    (("data", "mirror"), ["x"],
+     "allowed keys here: checksums, download, mirrors, root, test_limit, train_limit, val_size"),
     (("mlflow", "uri"), "x", "mlflow.uri"),
     (("report", "accuracy_tolerance_pct"), "high", "report.accuracy_tolerance_pct"),
     ((*EXPERIMENT, "dataset"), "imagenet", "'cifar10', 'cifar100', 'fashion-mnist', 'mnist' or 'tiny-imagenet'"),
@@ -141,6 +142,46 @@ def test_the_paper_study_is_the_whole_grid():
     resnet56 = next(j for j in grid.prune.values()
                     if j.labels["architecture"] == "resnet56" and j.labels["dataset"] == "cifar100")
     assert resnet56.slice["loop"]["prune_set_size"] == 2000 and resnet56.slice["retrain"]["epochs"] == 80
+
+
+def test_per_experiment_pruners_and_seeds_replace_the_study_lists_for_that_experiment_only():
+    config = _default()
+    before = plan(load_study(config))
+    same = copy.deepcopy(config)
+    same["experiments"]["lenet-fashion-mnist"].update(pruners=config["pruners"], seeds=config["seeds"])
+    assert plan(load_study(same)) == before  # the study's lists, repeated: the same jobs, the same hashes
+    config["experiments"]["other"] = {**copy.deepcopy(config["experiments"]["lenet-fashion-mnist"]),
+                                      "architectures": ["lenet5"], "pruners": ["nnrelief", "snip"], "seeds": [3, 4]}
+    grid = plan(load_study(config))
+    by_experiment = {}
+    for job in grid.prune.values():
+        by_experiment.setdefault(job.labels["experiment"], set()).add((job.labels["pruner"], job.labels["seed"]))
+    assert by_experiment["other"] == {(p, s) for p in ("nnrelief", "snip") for s in (3, 4)}
+    assert by_experiment["lenet-fashion-mnist"] == {(p, 0) for p in config["pruners"]}
+    assert set(before.prune) <= set(grid.prune)
+    config["experiments"]["other"]["pruners"] = ["snip"]
+    with pytest.raises(ConfigError, match=r"experiments\.other\.pruners: .*must include 'nnrelief'"):
+        load_study(config)
+
+
+def test_test_limit_and_checksums_enter_the_dense_slice_only_when_set(tmp_path):
+    from relief.data import DATASETS
+    from relief.data.sources import write_checksums
+
+    before = plan(load_study(_default()))
+    assert all("test_limit" not in job.slice and "checksums" not in job.slice for job in before.dense.values())
+    checksums = write_checksums({"fashion-mnist": DATASETS["fashion-mnist"]}, tmp_path / "checksums.json")
+    changed = _default()
+    changed["data"].update(test_limit=100, checksums=str(checksums))
+    after = plan(load_study(changed))
+    assert all(job.slice["test_limit"] == 100 and len(job.slice["checksums"]) == 16 for job in after.dense.values())
+    assert not set(after.dense) & set(before.dense) and not set(after.prune) & set(before.prune)
+    other = write_checksums({"mnist": DATASETS["mnist"]}, tmp_path / "other.json")  # fashion-mnist: pinned ones
+    changed["data"].update(checksums=str(other))
+    assert all("checksums" not in job.slice for job in plan(load_study(changed)).dense.values())
+    changed["data"].update(checksums=str(tmp_path / "nowhere.json"))
+    with pytest.raises(ConfigError, match=r"data\.checksums: .*nowhere\.json is not a readable checksum file"):
+        load_study(changed)
 
 
 def _with_nnrelief(settings):
@@ -277,3 +318,27 @@ def test_a_plugin_that_breaks_the_protocol_stops_the_study_with_its_name(tmp_pat
     config["pruners"] += [{"name": "bad", "class": "bad_plugin:NoCall"}]
     with pytest.raises(ConfigError, match=r"pruners.6: .*plugin 'bad' \(bad_plugin:NoCall\) is not callable"):
         load_study(config)
+
+
+def test_an_experiments_own_pruners_take_options_and_follow_its_sweeps_and_targets():
+    config = _default()
+    experiment = config["experiments"]["lenet-fashion-mnist"]
+    experiment["pruners"] = ["nnrelief", {"name": "magnitude", "options": {"scope": "layerwise"}}, "random"]
+    experiment["nnrelief"] = {"alpha_fc": [0.9, 0.95]}
+    swept = plan(load_study(config))
+    assert {job.labels["pruner"] for job in swept.prune.values()} == {"nnrelief", "magnitude", "random"}
+    assert len(swept.prune) == 4 * 2 * 3  # 4 dense models x 2 points x 3 pruners
+    magnitude = [job for job in swept.prune.values() if job.labels["pruner"] == "magnitude"]
+    assert all(job.slice["options"] == {"scope": "layerwise"} for job in magnitude)
+    for job in swept.prune.values():
+        if job.labels["pruner"] != "nnrelief":
+            assert swept.reference(job).labels["sweep"] == job.labels["sweep"]
+    default = set(plan(load_study(_default())).prune)
+    today = {job.hash for job in swept.prune.values()
+             if job.labels["sweep"] == "alpha_fc=0.95" and job.labels["pruner"] != "magnitude"}
+    assert len(today) == 4 * 2 and today <= default  # NNrelief and random at today's point: the study's own jobs
+    assert not {job.hash for job in magnitude} & default  # magnitude with options: jobs of its own
+    experiment["nnrelief"] = {}
+    experiment["targets"] = {"compression": [2, 4, 8]}
+    targets = plan(load_study(config))
+    assert len(targets.prune) == 4 * 3 and all("reference" not in job.slice for job in targets.prune.values())

@@ -168,3 +168,17 @@ def test_two_nnrelief_variants_side_by_side(tmp_path, tables_only):
     assert ("lenet300-100", "adam", "authors", "nnrelief") in {
         (r["architecture"], r["optimizer"], r["sweep"].removeprefix("variant="), r["pruner"]) for r in summary}
     assert not (tables_only / "nnrelief_iterations.md").exists()  # one configuration: no side-by-side file
+
+
+def test_each_experiment_lists_its_own_pruners_and_misses_none_of_anothers():
+    found = [run for run in runs() if run["labels"]["architecture"] == "lenet300-100"
+             and (run["labels"]["optimizer"], run["labels"]["pruner"]) != ("sgd", "snip")]
+    for run in found:  # the SGD runs as an experiment of their own, without SNIP (which the Adam one has)
+        if run["labels"]["optimizer"] == "sgd":
+            run["labels"]["experiment"] = "sgd-only"
+    groups = {group.key[-1]: group for group in report.groups(found, 1.0)}
+    assert {optimizer: group.pruners for optimizer, group in groups.items()} == {
+        "adam": ["nnrelief", "magnitude", "snip"], "sgd": ["nnrelief", "magnitude", "random"]}
+    missing = {optimizer: [row["pruner"] for row in report.group_rows(group) if row["missing"]]
+               for optimizer, group in groups.items()}
+    assert missing == {"adam": [], "sgd": ["random"]}  # SGD's random failed; nobody misses another's pruner

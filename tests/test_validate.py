@@ -65,6 +65,13 @@ CASES = {
     "architecture-twice": ({"experiments.EXP.architectures": ["lenet5", "lenet300-100", "lenet5"]},
                            f"{EXPERIMENT}.architectures", ["lenet5", "lenet300-100", "lenet5"],
                            "'lenet5' listed more than once"),
+    "experiment-seed-twice": ({"experiments.EXP.seeds": [1, 2, 1]}, f"{EXPERIMENT}.seeds", [1, 2, 1],
+                              "list each once: [1, 2]"),
+    "experiment-pruner-twice": ({"experiments.EXP.pruners": ["nnrelief", {"name": "snip"}, "snip"]},
+                                f"{EXPERIMENT}.pruners", ["nnrelief", "snip", "snip"],
+                                "list each once: ['nnrelief', 'snip']"),
+    "checksums-unreadable": ({"data.checksums": "no/such/checksums.json"}, "data.checksums",
+                             "no/such/checksums.json", "is not a readable checksum file"),
     "rewind-past-pretraining": ({"experiments.EXP.loop.rewind": "epoch", "experiments.EXP.loop.rewind_epoch": 4},
                                 f"{EXPERIMENT}.loop.rewind_epoch", 4, "use 0 to 3"),
 }

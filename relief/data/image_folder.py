@@ -17,8 +17,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from relief.data.sources import DatasetError, DatasetSpec, Images, scratch_folder
@@ -47,7 +45,7 @@ def layout_problem(folder: Path) -> str | None:
             return f"{folder / split} has classes {unknown[:5]} that train/ does not have"
         for name in _classes(folder / split):
             if not _images(folder / split / name):
-                return f"{folder / split / name} holds no image (extensions: {', '.join(IMG_EXTENSIONS)})"
+                return f"{folder / split / name} holds no image (extensions: {', '.join(_extensions())})"
     return None
 
 
@@ -108,6 +106,8 @@ def read(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bool) 
 
 
 def _decode(folder: Path, classes: list[str], spec: DatasetSpec) -> Images:
+    from torchvision.transforms.functional import pil_to_tensor
+
     channels, height, width = spec.input_shape
     mode = "L" if channels == 1 else "RGB"
     samples = [(path, index) for index, name in enumerate(classes) if (folder / name).is_dir()
@@ -131,5 +131,14 @@ def _classes(split: Path) -> list[str]:
 
 
 def _images(folder: Path) -> list[Path]:
+    extensions = _extensions()
     return sorted(Path(entry.path) for entry in os.scandir(folder)
-                  if entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS))
+                  if entry.is_file() and entry.name.lower().endswith(extensions))
+
+
+def _extensions() -> tuple[str, ...]:
+    """torchvision's image extensions, imported only when an own dataset is used: every job imports this module, and
+    torchvision costs a process about 2 s of CPU to import."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return IMG_EXTENSIONS

@@ -9,8 +9,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torchvision.datasets import ImageFolder
-from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
 from relief.data.sources import (
@@ -19,6 +17,7 @@ from relief.data.sources import (
     Images,
     bad_file_error,
     fetch,
+    file_md5,
     md5_problem,
     missing_error,
     scratch_folder,
@@ -27,6 +26,7 @@ from relief.data.sources import (
 
 CACHE_NAME = "uint8-tensors.pt"
 _VAL_DONE = ".relief-val-sorted"  # marks val/ as sorted into class folders
+_SOURCE = ".relief-source-md5"  # the MD5 of the zip the folder was extracted from
 
 
 def _zip_problem(archive: Path, scratch: Path, spec: DatasetSpec) -> str | None:
@@ -47,8 +47,17 @@ def _extract(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bo
             if problem is not None:
                 raise bad_file_error(archive, problem)
         else:
-            fetch(spec, spec.files[0], scratch, mirrors, check)
+            archive = fetch(spec, spec.files[0], scratch, mirrors, check)
+        (scratch / spec.folder / _SOURCE).write_text(file_md5(archive))
         os.replace(scratch / spec.folder, root / spec.folder)
+
+
+def _source_problem(spec: DatasetSpec, folder: Path) -> str | None:
+    """Why the extracted ``folder`` is not from ``spec``'s zip, or None (also when unknown: extracted elsewhere)."""
+    expected, marker = spec.files[0].md5, folder / _SOURCE
+    if expected is None or not marker.exists() or (found := marker.read_text().strip()) == expected:
+        return None
+    return f"it was extracted from a {spec.files[0].name} with MD5 {found}, expected {expected}"
 
 
 def _sort_val(folder: Path) -> None:
@@ -83,6 +92,9 @@ def _sort_val(folder: Path) -> None:
 
 def _decode(folder: Path, classes: list[str] | None = None) -> tuple[Images, list[str]]:
     """Decode every image of an ImageFolder into one (N, 3, 64, 64) uint8 tensor."""
+    from torchvision.datasets import ImageFolder  # here: a job that reads the cache starts without torchvision
+    from torchvision.transforms.functional import pil_to_tensor
+
     found = ImageFolder(folder)
     if classes is not None and found.classes != classes:
         raise DatasetError(
@@ -119,6 +131,8 @@ def _load_cache(cache: Path) -> tuple[Images, Images]:
 def read(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bool) -> tuple[Images, Images]:
     """(train, test) images and labels; test is the official labelled val set."""
     folder = root / spec.folder
+    if folder.exists() and (problem := _source_problem(spec, folder)):
+        raise bad_file_error(folder, problem)
     cache = folder / CACHE_NAME
     if cache.exists():
         return _load_cache(cache)
