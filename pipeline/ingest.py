@@ -1,8 +1,10 @@
 """Stage: put finished runs (dense trainings and pruning jobs) into MLflow, each exactly once.
 
-One experiment per study; one MLflow run per job, found again by its config hash, so re-running never duplicates a
-run. Writers take a file lock around their MLflow calls, so that many jobs finishing at once cannot lose a run or a
-metric to SQLite's "database is locked".
+One experiment per study, tagged as model training so that the MLflow UI opens on its runs table; one MLflow run per
+job, found again by its config hash, so re-running never duplicates a run. A run is named with what tells it apart
+first (pruner, optimizer, seed) and carries its job's own start and end times (the job's times.json). Writers take a
+file lock around their MLflow calls, so that many jobs finishing at once cannot lose a run or a metric to SQLite's
+"database is locked".
 """
 
 from __future__ import annotations
@@ -33,12 +35,26 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
     "structural_macs": ("macs", "structural_macs"),
 }
 ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's "Machine learning": runs first
 _ATTEMPTS = 8
 
 
 def run_name(labels: dict) -> str:
-    return " / ".join(str(labels[k]) for k in ("architecture", "dataset", "optimizer", "pruner")) + \
-        f" / seed {labels['seed']}"
+    """``nnrelief / adam / seed 0 / lenet5 / fashion-mnist``: the parts that tell a study's runs apart come first."""
+    job = "dense" if labels["pruner"] == "none" else labels["pruner"]
+    return f"{job} / {labels['optimizer']} / seed {labels['seed']} / {labels['architecture']} / {labels['dataset']}"
+
+
+def job_times(run_dir: Path) -> tuple[int, int]:
+    """The job's last attempt's start and end, in ms since the epoch: from its times.json, else (a run of an older
+    version) from when it wrote its config.json and its last metrics.json or failure.json."""
+    path = run_dir / jobs.TIMES
+    if path.exists():
+        times = json.loads(path.read_text())
+        return round(1000 * times["start_time"]), round(1000 * times["end_time"])
+    ends = [run_dir / name for name in ("metrics.json", jobs.FAILURE) if (run_dir / name).exists()]
+    end = max(p.stat().st_mtime for p in ends) if ends else (run_dir / "config.json").stat().st_mtime
+    return round(1000 * (run_dir / "config.json").stat().st_mtime), round(1000 * end)
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:
@@ -56,16 +72,18 @@ def _value(record: dict, path: tuple[str, ...]):
     return record
 
 
-def metric_series(metrics: dict) -> list[Metric]:
-    """Step 0 is the dense model; step i the i-th pruning iteration (accuracy before and after retraining)."""
-    now = int(time.time() * 1000)
+def metric_series(metrics: dict, timestamp: int) -> list[Metric]:
+    """Step 0 is the dense model; step i the i-th pruning iteration (accuracy before and after retraining).
+
+    ``timestamp``: ms since the epoch, given to every value (the job's end).
+    """
     dense = {**metrics["dense"], "test_accuracy_before_retrain_pct": metrics["dense"]["test_accuracy_pct"]}
     series = []
     for step, record in enumerate([dense, *metrics["iterations"]]):
         for name, path in STEP_METRICS.items():
             value = _value(record, path)
             if isinstance(value, (int, float)):
-                series.append(Metric(name, float(value), now, step))
+                series.append(Metric(name, float(value), timestamp, step))
     return series
 
 
@@ -95,17 +113,27 @@ def ingest(run_dir: Path, settings: dict) -> dict:
     experiment = client.get_experiment_by_name(settings["study"])
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         settings["study"], artifact_location=Path(settings["mlflow"]["artifact_location"]).resolve().as_uri())
+    if not experiment or experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    name = run_name(labels)
     for run in client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'"):
         if run.info.status == status and run.data.tags.get("failure_reason") == (failure or {}).get("reason"):
+            if run.info.run_name != name:  # logged by an older version
+                client.update_run(run.info.run_id, name=name)
+            timings = inference_metrics(run_dir)
+            if any(run.data.metrics.get(m.key) != m.value for m in timings):  # timed again since it was logged
+                client.log_batch(run.info.run_id, metrics=timings)
+                client.log_artifact(run.info.run_id, str(run_dir / jobs.INFERENCE))
             return {"run_id": run.info.run_id, "experiment_id": experiment_id, "status": status}
         client.delete_run(run.info.run_id)  # a half-logged run, or an outcome that a later attempt replaced
     tags = {**{k: str(v) for k, v in labels.items()}, "config_hash": config_hash, "kind": run_dir.parent.name,
             "git_commit": str(config.get("git_commit")), "study": settings["study"]}
-    run = client.create_run(experiment_id, run_name=run_name(labels), tags=tags)
+    start, end = job_times(run_dir)
+    run = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags)
     run_id = run.info.run_id
     params = {**flatten(config["slice"]), "device": config["device"]}
     client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params.items())])
-    series = metric_series(metrics) if metrics else []
+    series = metric_series(metrics, end) if metrics else []
     series += inference_metrics(run_dir)
     for start in range(0, len(series), 500):
         client.log_batch(run_id, metrics=series[start:start + 500])
@@ -115,19 +143,22 @@ def ingest(run_dir: Path, settings: dict) -> dict:
     outcome = [RunTag("failure_reason", failure["reason"]), RunTag("error", failure["error"])] if failure else [
         RunTag("collapsed", str(any(i.get("collapsed") for i in metrics["iterations"])))]
     client.log_batch(run_id, tags=outcome)
-    client.set_terminated(run_id, status)
+    client.set_terminated(run_id, status, end_time=end)
     return {"run_id": run_id, "experiment_id": experiment_id, "status": status}
 
 
 def inference_metrics(run_dir: Path) -> list[Metric]:
-    """``inference_ms_<model>_batch_<n>``: median wall time of one forward pass, in ms per batch (inference.json)."""
+    """From inference.json: ``inference_ms_<model>_batch_<n>``, the median wall time of one forward pass in ms per
+    batch, and ``speedup_batch_<n>``, the median of dense ms / compact ms over the rounds."""
     path = run_dir / jobs.INFERENCE
     if not path.exists():
         return []
-    now = int(time.time() * 1000)
-    timings = json.loads(path.read_text())["batch_ms"]
-    return [Metric(f"inference_ms_{variant}_batch_{size}", ms, now, 0)
-            for variant, by_size in sorted(timings.items()) for size, ms in sorted(by_size.items())]
+    measured = round(1000 * path.stat().st_mtime)
+    timings = json.loads(path.read_text())
+    metrics = [Metric(f"inference_ms_{variant}_batch_{size}", ms, measured, 0)
+               for variant, by_size in sorted(timings["batch_ms"].items()) for size, ms in sorted(by_size.items())]
+    return metrics + [Metric(f"speedup_batch_{size}", batch["speedups"]["compact"]["median"], measured, 0)
+                      for size, batch in sorted(timings.get("batches", {}).items())]
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from pipeline.config import (
     Phase,
     Report,
     Study,
+    Timing,
     load_study,
 )
 from relief.data import DATASETS
@@ -77,10 +78,12 @@ WRONG_TYPE = {  # a value of a type no coercion accepts, per model and field
         "data": "data",
         "mlflow": "sqlite:///mlflow.db",
         "report": 1.0,
+        "timing": "fast",
     },
     Data: {"root": 1, "mirrors": "/usr/share/datasets", "download": "maybe", "val_size": "many", "train_limit": "all"},
     Mlflow: {"tracking_uri": 5000, "artifact_location": ["mlartifacts"]},
-    Report: {"accuracy_tolerance_pct": "high"},
+    Report: {"accuracy_tolerance_pct": "high", "authors_selection": "maybe"},
+    Timing: {"threads": "all", "precision_pct": "tight", "max_seconds": [5]},
     Experiment: {
         "dataset": ["fashion-mnist"],
         "architectures": "lenet5",
@@ -126,6 +129,11 @@ BAD_VALUE = {  # values of the right type that are out of range or not allowed, 
     },
     Mlflow: {"tracking_uri": [Bad("", EMPTY)], "artifact_location": [Bad("", EMPTY)]},
     Report: {"accuracy_tolerance_pct": [Bad(-0.5, GE0), Bad(math.inf, FINITE), Bad(math.nan, FINITE)]},
+    Timing: {
+        "threads": [Bad(0, GE1)],
+        "precision_pct": [Bad(0, "greater than 0"), Bad(100, "less than 100")],
+        "max_seconds": [Bad(0, "greater than 0"), Bad(math.inf, FINITE)],
+    },
     Experiment: {
         "dataset": [Bad("imagenet", one_of(sorted(DATASETS)))],
         "architectures": [Bad([], NO_ITEMS), Bad(["lenet5", "alexnet"], one_of(MODEL_NAMES))],
@@ -165,6 +173,8 @@ UNCONSTRAINED = {  # fields with no case of a bad value of the right type, and w
     (Study, "data"): SECTION,
     (Study, "mlflow"): SECTION,
     (Study, "report"): SECTION,
+    (Study, "timing"): SECTION,
+    (Report, "authors_selection"): BOTH,
     (Experiment, "pretrain"): SECTION,
     (Experiment, "retrain"): SECTION,
     (Experiment, "loop"): SECTION,

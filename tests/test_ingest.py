@@ -1,4 +1,5 @@
-"""MLflow ingestion: many jobs finishing at once lose no run or metric, and re-ingesting duplicates nothing."""
+"""MLflow ingestion: many jobs finishing at once lose no run or metric, and re-ingesting duplicates nothing; runs
+carry their jobs' own start and end times, and the experiment opens on its runs table."""
 
 import json
 import os
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.ingest import run_name
+from pipeline.ingest import EXPERIMENT_KIND, run_name
 from pipeline.jobs import RUNTIME_VARIABLE
 from relief.checkpoints import write_json
 
@@ -24,6 +25,11 @@ def _fake_run(folder: Path, index: int) -> None:
     iterations = [{**record, "test_accuracy_before_retrain_pct": 80.0 + i, "test_accuracy_pct": 85.0 + i,
                    "parameters": {"remaining_pct_of_prunable": 100.0 / (i + 2)}} for i in range(3)]
     write_json({"dense": record, "iterations": iterations}, folder / "metrics.json")
+    if index % 2 == 0:  # the job's own record of its attempt; odd jobs are runs of an older version without it
+        write_json({"start_time": 1_700_000_000.25 + index, "end_time": 1_700_000_090.5 + index}, folder / "times.json")
+    else:
+        os.utime(folder / "config.json", (1_700_000_000 + index, 1_700_000_000 + index))
+        os.utime(folder / "metrics.json", (1_700_000_042 + index, 1_700_000_042 + index))
 
 
 def test_concurrent_ingests_lose_nothing_and_reruns_duplicate_nothing(tmp_path):
@@ -47,7 +53,16 @@ def test_concurrent_ingests_lose_nothing_and_reruns_duplicate_nothing(tmp_path):
     assert len(runs) == JOBS
     assert {r.info.run_name for r in runs} == {run_name(json.loads((f / "config.json").read_text())["labels"])
                                                 for f in folders}
+    assert experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
     for run in runs:
+        index = int(run.data.tags["seed"])
+        if index % 2 == 0:
+            assert (run.info.start_time, run.info.end_time) == (1_700_000_000_250 + 1000 * index,
+                                                                1_700_000_090_500 + 1000 * index)
+        else:  # from when the job wrote its config.json and its metrics.json
+            assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000 + 1000 * index,
+                                                                1_700_000_042_000 + 1000 * index)
+        assert run.info.run_name.startswith(f"pruner{index} / adam / seed {index} / lenet5")
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "test_accuracy_pct")
         assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (1, 85.0), (2, 86.0), (3, 87.0)]

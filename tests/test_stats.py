@@ -102,6 +102,17 @@ def test_wilcoxon_with_ties_and_zeros_against_an_exact_enumeration(differences):
     assert result.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon([x - y for x, y in zip(a, b)]).pvalue, rel=1e-12)
 
 
+def test_ties_in_the_data_stay_ties_in_floating_point():
+    """86.1 - 86.0 and 86.4 - 86.2 are 0.1 and 0.2 up to 1e-14 in floating point; ranked as data they tie."""
+    a, b = [86.1, 85.3, 86.4, 85.8, 85.9, 86.3], [86.0, 85.5, 86.2, 85.8, 86.1, 85.9]
+    exact = [0.1, -0.2, 0.2, 0.0, -0.2, 0.4]
+    assert [x - y for x, y in zip(a, b)] != exact  # the trap
+    result = stats.paired(a, b)
+    assert result.wilcoxon_p == pytest.approx(_exact_signed_rank_p(exact), rel=1e-12)
+    assert result.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon(exact).pvalue, rel=1e-12)
+    assert result.t_test_p == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue, rel=1e-9)
+
+
 def test_all_positive_six_pairs_by_hand():
     assert stats.paired([1, 2, 3, 4, 5, 6], [0] * 6).wilcoxon_p == pytest.approx(2 / 64)
 
