@@ -10,9 +10,11 @@ file lock around their MLflow calls, so that many jobs finishing at once cannot 
 from __future__ import annotations
 
 import argparse
+import base64
 import fcntl
 import json
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +38,9 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
 }
 ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's "Machine learning": runs first
+COMPARISON_VIEW = "nnrelief-vs-baselines"  # saved views of the runs table (Views menu): this, then the group
+COMPARISON_COLUMNS = ("test_accuracy_pct", "remaining_pct_of_all")
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 _ATTEMPTS = 8
 
 
@@ -43,6 +48,60 @@ def run_name(labels: dict) -> str:
     """``nnrelief / adam / seed 0 / lenet5 / fashion-mnist``: the parts that tell a study's runs apart come first."""
     job = "dense" if labels["pruner"] == "none" else labels["pruner"]
     return f"{job} / {labels['optimizer']} / seed {labels['seed']} / {labels['architecture']} / {labels['dataset']}"
+
+
+def comparison_view(labels: dict) -> tuple[str, dict]:
+    """The saved view "NNrelief vs baselines" of the labels' group (experiment, dataset, architecture, optimizer):
+    its pruning runs grouped by pruner, with test accuracy and remaining % of all weights and biases as columns
+    (the last iteration's, where every pruner keeps the same count; a group's row averages its seeds).
+
+    MLflow's UI keeps a saved view as the experiment tag ``mlflow.sharedViewState.<key>``: its name and the runs
+    table's state, zlib-deflated and base64-encoded after "deflate;" (as MLflow 3.17's UI writes it). Returns the key
+    and the tag's value.
+    """
+    group = {key: labels[key] for key in ("experiment", "dataset", "architecture", "optimizer")}
+    search = " and ".join(["tags.kind = 'prune'", *(f"tags.{key} = '{value}'" for key, value in group.items())])
+    state = {
+        "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": ["tags.`seed`", *(f"metrics.`{name}`" for name in COMPARISON_COLUMNS)],
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "pruner"}]},
+    }
+    deflated = base64.b64encode(zlib.compress(json.dumps(state, separators=(",", ":")).encode())).decode()
+    name = f"NNrelief vs baselines: {group['architecture']} / {group['dataset']} / {group['optimizer']}"
+    key = f"{COMPARISON_VIEW}.{'.'.join(group.values())}"
+    return key, {"name": f"{name} ({group['experiment']})", "state": f"deflate;{deflated}"}
+
+
+def study_experiment(client: MlflowClient, settings: dict) -> str:
+    """The study's experiment (created on first use), tagged as model training."""
+    experiment = client.get_experiment_by_name(settings["study"])
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        settings["study"], artifact_location=Path(settings["mlflow"]["artifact_location"]).resolve().as_uri())
+    if not experiment or experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    return experiment_id
+
+
+def save_comparison_view(client: MlflowClient, experiment_id: str, labels: dict) -> str:
+    """Add (or bring up to date) the comparison view of the labels' group; returns its key."""
+    key, view = comparison_view(labels)
+    tag = f"mlflow.sharedViewState.{key}"
+    saved = client.get_experiment(experiment_id).tags.get(tag)
+    if saved is None or {k: v for k, v in json.loads(saved).items() if k in view} != view:
+        now = int(time.time() * 1000)
+        client.set_experiment_tag(experiment_id, tag, json.dumps({**view, "createdAt": now, "updatedAt": now}))
+    return key
+
+
+def ui_link(experiment_id: str, view: str | None = None) -> str:
+    """The study's runs table in the MLflow UI (`mlflow ui` on its default port), or one of its saved views.
+
+    ``workflowType=machine_learning``: MLflow 3.17 opens an experiment on its GenAI overview unless told so (its UI
+    then remembers the choice); earlier 3.x versions read the experiment's kind tag instead.
+    """
+    link = f"{UI}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{link}&viewStateShareKey={view}" if view else link
 
 
 def job_times(run_dir: Path) -> tuple[int, int]:
@@ -110,11 +169,8 @@ def ingest(run_dir: Path, settings: dict) -> dict:
     status = "FAILED" if failure else "FINISHED"
     labels, config_hash = config["labels"], run_dir.name
     client = MlflowClient(settings["mlflow"]["tracking_uri"])
-    experiment = client.get_experiment_by_name(settings["study"])
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        settings["study"], artifact_location=Path(settings["mlflow"]["artifact_location"]).resolve().as_uri())
-    if not experiment or experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    experiment_id = study_experiment(client, settings)
+    view = save_comparison_view(client, experiment_id, labels) if labels["pruner"] != "none" else None
     name = run_name(labels)
     for run in client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'"):
         if run.info.status == status and run.data.tags.get("failure_reason") == (failure or {}).get("reason"):
@@ -124,7 +180,7 @@ def ingest(run_dir: Path, settings: dict) -> dict:
             if any(run.data.metrics.get(m.key) != m.value for m in timings):  # timed again since it was logged
                 client.log_batch(run.info.run_id, metrics=timings)
                 client.log_artifact(run.info.run_id, str(run_dir / jobs.INFERENCE))
-            return {"run_id": run.info.run_id, "experiment_id": experiment_id, "status": status}
+            return {"run_id": run.info.run_id, "experiment_id": experiment_id, "status": status, "view": view}
         client.delete_run(run.info.run_id)  # a half-logged run, or an outcome that a later attempt replaced
     tags = {**{k: str(v) for k, v in labels.items()}, "config_hash": config_hash, "kind": run_dir.parent.name,
             "git_commit": str(config.get("git_commit")), "study": settings["study"]}
@@ -144,7 +200,7 @@ def ingest(run_dir: Path, settings: dict) -> dict:
         RunTag("collapsed", str(any(i.get("collapsed") for i in metrics["iterations"])))]
     client.log_batch(run_id, tags=outcome)
     client.set_terminated(run_id, status, end_time=end)
-    return {"run_id": run_id, "experiment_id": experiment_id, "status": status}
+    return {"run_id": run_id, "experiment_id": experiment_id, "status": status, "view": view}
 
 
 def inference_metrics(run_dir: Path) -> list[Metric]:
@@ -181,6 +237,11 @@ def main() -> None:
             time.sleep(2**attempt)
     if args.out:
         write_json(ids, args.out)
+    if ids:
+        experiment_id = next(iter(ids.values()))["experiment_id"]
+        views = sorted({entry["view"] for entry in ids.values() if entry["view"]})
+        print("\n".join([f"MLflow (with `mlflow ui` running), the runs: {ui_link(experiment_id)}",
+                          *(f"  {view}: {ui_link(experiment_id, view)}" for view in views)]))
 
 
 if __name__ == "__main__":
