@@ -163,11 +163,12 @@ def compare_inference(
 
     For each batch size (batches made as in :func:`inference_ms`): every model runs ``warmup`` untimed forwards;
     a sample is the mean time of as many forwards as make about ``sample_ms`` for the fastest model, the same
-    number for every model. Then rounds: in each, every model takes one sample, the order rotating from round to round so that
-    none is always first. After ``min_rounds`` rounds, the rounds stop as soon as every model's median and every
-    speed-up (the reference's time over the model's, per round; its median) has its ``confidence`` interval
-    (:func:`median_interval`) within ±``precision`` of its median, or when ``max_seconds`` have passed: those not
-    within are ``settled=False``. Two identical models read a speed-up of 1 within its interval. The caller fixes
+    number for every model. Then rounds: in each, every model takes one sample, the rounds cycling through every
+    order of the models, so that each is first, and follows each other, equally often (what ran just before changes
+    a model's time). After at least ``min_rounds`` rounds, at the end of a cycle, the rounds stop as soon as every
+    model's median and every speed-up (the reference's time over the model's, per round; its median) has its
+    ``confidence`` interval (:func:`median_interval`) within ±``precision`` of its median, or when ``max_seconds``
+    have passed: those not within are ``settled=False``. Two identical models read a speed-up of 1 within its interval. The caller fixes
     the thread count (``torch.set_num_threads``); times are only comparable on the same machine under the same load.
     """
     if reference not in models or len(models) < 2:
@@ -209,13 +210,15 @@ def _compare(models, images, size, reference, precision, confidence, max_seconds
                   for name, model in models.items())
     repeats = max(1, math.ceil(sample_ms / max(fastest, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in names}
+    orders = list(itertools.permutations(names))  # each model follows each other equally often, over a cycle
     started = time.perf_counter()
     rounds = 0
     while True:
-        order = names[rounds % len(names):] + names[:rounds % len(names)]
-        for name in order:
+        for name in orders[rounds % len(orders)]:
             samples[name].append(_sample_ms(models[name], batches[name], repeats))
         rounds += 1
+        if rounds % len(orders):
+            continue  # decide only after whole cycles
         times = {name: _interval(samples[name], precision, confidence) for name in names}
         speedups = {name: _interval([r / t for r, t in zip(samples[reference], samples[name])], precision, confidence)
                     for name in names if name != reference}
