@@ -105,7 +105,8 @@ def _band(values: list[list[float]]) -> tuple[list[float], list[float]] | None:
 
 def _band_title(runs_by_pruner) -> str:
     seeds = {len(runs) for runs in runs_by_pruner if runs}
-    return "band: 95 % interval of the mean over seeds" if max(seeds, default=1) > 1 else "1 seed: no interval"
+    return ("band: 95 % interval of the mean over seeds (none for one seed)" if max(seeds, default=1) > 1
+            else "1 seed: no interval")
 
 
 def _per_iteration(runs: list[dict], value) -> list[list[float]]:
