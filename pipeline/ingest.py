@@ -13,6 +13,7 @@ import argparse
 import base64
 import fcntl
 import json
+import re
 import time
 import zlib
 from contextlib import contextmanager
@@ -35,31 +36,39 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
     "dense_macs": ("macs", "dense_macs"),
     "nonzero_macs": ("macs", "nonzero_macs"),
     "structural_macs": ("macs", "structural_macs"),
+    "target_prunable_remaining": ("target_prunable_remaining",),  # baselines, and every pruner in target mode
+    "nnrelief_alpha_conv": ("pruner_details", "alpha_conv"),  # the alphas nnrelief.prune_to found (target mode)
+    "nnrelief_alpha_fc": ("pruner_details", "alpha_fc"),
 }
 ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI's "Machine learning": runs first
 COMPARISON_VIEW = "nnrelief-vs-baselines"  # saved views of the runs table (Views menu): this, then the group
 COMPARISON_COLUMNS = ("test_accuracy_pct", "remaining_pct_of_all")
+VIEW_GROUP = ("experiment", "dataset", "architecture", "optimizer", "sweep", "targets")  # the labels a view shares
 UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 _ATTEMPTS = 8
 
 
 def run_name(labels: dict) -> str:
-    """``nnrelief / adam / seed 0 / lenet5 / fashion-mnist``: the parts that tell a study's runs apart come first."""
+    """``nnrelief (variant=authors) / adam / seed 0 / lenet5 / fashion-mnist``: the parts that tell a study's runs
+    apart (pruner with its sweep point, optimizer, seed) come first."""
     job = "dense" if labels["pruner"] == "none" else labels["pruner"]
+    if labels.get("sweep"):
+        job += f" ({labels['sweep']})"
     return f"{job} / {labels['optimizer']} / seed {labels['seed']} / {labels['architecture']} / {labels['dataset']}"
 
 
 def comparison_view(labels: dict) -> tuple[str, dict]:
-    """The saved view "NNrelief vs baselines" of the labels' group (experiment, dataset, architecture, optimizer):
-    its pruning runs grouped by pruner, with test accuracy and remaining % of all weights and biases as columns
-    (the last iteration's, where every pruner keeps the same count; a group's row averages its seeds).
+    """The saved view "NNrelief vs baselines" of the labels' group (experiment, dataset, architecture, optimizer, and
+    the sweep point and targets where the study has them): its pruning runs grouped by pruner, with test accuracy and
+    remaining % of all weights and biases as columns (the last iteration's, where every pruner keeps the same count; a
+    group's row averages its seeds).
 
     MLflow's UI keeps a saved view as the experiment tag ``mlflow.sharedViewState.<key>``: its name and the runs
     table's state, zlib-deflated and base64-encoded after "deflate;" (as MLflow 3.17's UI writes it). Returns the key
     and the tag's value.
     """
-    group = {key: labels[key] for key in ("experiment", "dataset", "architecture", "optimizer")}
+    group = {key: str(labels[key]) for key in VIEW_GROUP if key in labels}
     search = " and ".join(["tags.kind = 'prune'", *(f"tags.{key} = '{value}'" for key, value in group.items())])
     state = {
         "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
@@ -68,8 +77,9 @@ def comparison_view(labels: dict) -> tuple[str, dict]:
         "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "pruner"}]},
     }
     deflated = base64.b64encode(zlib.compress(json.dumps(state, separators=(",", ":")).encode())).decode()
-    name = f"NNrelief vs baselines: {group['architecture']} / {group['dataset']} / {group['optimizer']}"
-    key = f"{COMPARISON_VIEW}.{'.'.join(group.values())}"
+    name = f"NNrelief vs baselines: {group['architecture']} / {group['dataset']} / {group['optimizer']}" + "".join(
+        f" ({group[key]})" for key in ("sweep", "targets") if key in group)
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{COMPARISON_VIEW}.{'.'.join(group.values())}")  # a tag key's characters
     return key, {"name": f"{name} ({group['experiment']})", "state": f"deflate;{deflated}"}
 
 

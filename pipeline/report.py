@@ -11,8 +11,12 @@ ranking. Rerunning on the same runs writes byte-identical files (no timestamps, 
 
 Writes, under ``--out``:
 - ``summary.md``, ``summary.csv``, ``summary.tex``: one table across the study; ``metrics.json``: DVC's headline;
-- ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner;
-- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py.
+- ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner (a group of a
+  sweep of NNrelief's settings has the settings in its name; ``..._sweep.{md,csv}`` compares the sweep's points);
+- ``tables/<group>.targets.{md,csv}`` in target mode: every pruner's accuracy at every target;
+- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py;
+- ``nnrelief_iterations.{md,csv}``, when a group ran more than one NNrelief configuration (a sweep, or
+  ``nnrelief: {variant: [paper, authors]}``): the configurations side by side, iteration by iteration.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ COLLAPSED = "†"  # a seed's network collapsed at the reported iteration
 UNTRAINED = "‡"  # the group's dense model did not train
 MISSING = "—"  # no metrics for this pruner in this group
 SIGNIFICANT = "*"  # Holm-adjusted paired t-test p < 0.05
+DEFAULT_SETTINGS = "default"  # the NNrelief configuration of runs that name none (no sweep label)
 NOTE_COLLAPSED = (f"{COLLAPSED} collapsed: in at least one seed a layer lost all its weights, or test accuracy fell to "
                   "chance level, at the reported iteration.")
 NOTE_UNTRAINED = (f"{UNTRAINED} dense model did not train (test accuracy at chance, or its training loss rose): "
@@ -93,10 +98,12 @@ class Group:
     tolerance: float
     failures: list[dict]  # this group's failed jobs (dense or pruning), with their reasons
     untrained: list[str] = field(default_factory=list)  # why the dense model did not train, per seed; empty: it did
+    sweep: str = ""  # NNrelief's settings at this point of a sweep ("alpha_fc=0.9, ..."), else empty
+    targets: str = ""  # target mode: what every pruner was pruned to ("compression 2, 4, 8"), else empty
 
     @property
     def title(self) -> str:
-        return " / ".join(self.key[1:])
+        return " / ".join(self.key[1:]) + (f" ({self.sweep})" if self.sweep else "")
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -157,21 +164,24 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
     failed = [r for r in runs if r["failure"] is not None and r["metrics"] is None]
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished + failed:
-        by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
+        by_key[(*(run["labels"][k] for k in GROUP_KEYS), run["labels"].get("sweep", ""))].append(run)
     study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
     triples = [key[1:] for key in by_key]
     result = []
-    for key in sorted(by_key):
+    for full_key in sorted(by_key):
+        key, sweep = full_key[:-1], full_key[-1]
         by_pruner: dict[str, list[dict]] = defaultdict(list)
-        for run in sorted(by_key[key], key=lambda r: r["labels"].get("seed", 0)):
+        for run in sorted(by_key[full_key], key=lambda r: r["labels"].get("seed", 0)):
             if run["metrics"] is not None:
                 by_pruner[run["labels"]["pruner"]].append(run)
-        name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
+        name = "_".join(full_key[1:] if triples.count(full_key[1:]) == 1 else full_key).rstrip("_")
         iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
-        failures = sorted((r for r in by_key[key] if r["metrics"] is None), key=_failure_order)
+        failures = sorted((r for r in by_key[full_key] if r["metrics"] is None), key=_failure_order)
         untrained = dense_did_not_train([run for runs in by_pruner.values() for run in runs])
+        targets = next((r["labels"]["targets"] for r in by_key[full_key] if "targets" in r["labels"]), "")
         result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=iteration, tolerance=tolerance, failures=failures, untrained=untrained))
+                            iteration=iteration, tolerance=tolerance, failures=failures, untrained=untrained,
+                            sweep=sweep, targets=targets))
     return result
 
 
@@ -185,7 +195,7 @@ def failure_line(run: dict) -> str:
 
 
 def _file_stem(name: str) -> str:
-    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower())
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-")
 
 
 def runs_at(group: Group, pruner: str) -> list[dict]:
@@ -210,14 +220,15 @@ def group_rows(group: Group) -> list[dict]:
     nnrelief = accuracy_by_seed(runs_at(group, "nnrelief"), group.iteration) if group.iteration else {}
     for pruner in group.pruners:
         runs = runs_at(group, pruner)
+        sweep = {"sweep": group.sweep} if group.sweep else {}
         if runs:
-            row = {**_row(group.key, pruner, runs, group.iteration), "missing": False,
+            row = {**_row(group.key, pruner, runs, group.iteration), **sweep, "missing": False,
                    "dense_did_not_train": bool(group.untrained)}
             if pruner != "nnrelief":
                 row.update(_comparison(stats.paired_by_seed(accuracy_by_seed(runs, group.iteration), nnrelief)))
             table.append(row)
         else:
-            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "missing": True})
+            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, **sweep, "missing": True})
     adjusted = stats.holm({row["pruner"]: row.get("t_test_p") for row in table if "t_test_p" in row})
     for row in table:
         if row["pruner"] in adjusted:
@@ -424,6 +435,11 @@ def _notes(table: list[dict], authors_selection: bool = False) -> list[str]:
 def comparison_sentence(group: Group) -> str:
     if group.iteration is None:
         return "No NNrelief run finished, so there is no comparison iteration: every cell is missing."
+    if group.targets:
+        return (f"Target mode ({group.targets}): at every iteration every pruner keeps the same number of prunable "
+                "weights and biases (NNrelief by bisection on alpha, within 0.5 % or the nearest count it can "
+                f"reach); shown: iteration {group.iteration}, the last whose NNrelief mean test accuracy is within "
+                f"{group.tolerance:.2f} points of the dense model's (else the first). Every target: the targets table.")
     return (f"NNrelief comparison iteration: {group.iteration}, the last NNrelief iteration whose mean test accuracy "
             f"is within {group.tolerance:.2f} points of the dense model's (else the first); every baseline is read at "
             "the same iteration, where it keeps the same number of weights and biases.")
@@ -432,6 +448,190 @@ def comparison_sentence(group: Group) -> str:
 def untrained_sentence(group: Group) -> str:
     return (f"{UNTRAINED} Dense model did not train: {'; '.join(group.untrained)}. The pruners below are not ranked "
             "on this group.")
+
+
+# ---- target mode: every pruner at every target --------------------------------------------------------------------
+
+def target_columns(group: Group) -> list[dict]:
+    """Per iteration of a target-mode group: the target (prunable weights+biases to keep) and its compression."""
+    runs = group.by_pruner.get("nnrelief") or next(iter(group.by_pruner.values()), [])
+    if not runs:
+        return []
+    columns = []
+    for record in runs[0]["metrics"]["iterations"]:
+        target, total = record["target_prunable_remaining"], record["parameters"]["prunable_params"]
+        columns.append({"iteration": record["iteration"], "target": target, "compression": total / target})
+    return columns
+
+
+def target_rows(group: Group) -> list[dict]:
+    """One row per pruner, with a cell per target: test accuracy over seeds (mean, sample std, 95 % interval), the
+    count reached, and for a baseline its paired comparison with NNrelief at that target (Holm-adjusted over the
+    baselines at the same target)."""
+    columns = target_columns(group)
+    rows = []
+    for pruner in group.pruners:
+        runs = group.by_pruner.get(pruner, [])
+        row = {**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "seeds": len(runs), "cells": []}
+        for column in columns:
+            records = [r["metrics"]["iterations"][column["iteration"] - 1] for r in runs
+                       if len(r["metrics"]["iterations"]) >= column["iteration"]]
+            row["cells"].append(None if not records else {
+                "seeds": len(records),
+                **_stat("accuracy", stats.summarise([r["test_accuracy_pct"] for r in records])),
+                "reached_compression": round(statistics.mean(
+                    r["parameters"]["prunable_params"] / r["parameters"]["prunable_remaining"] for r in records), 3),
+                "max_deviation_pct": round(max(100 * abs(r["parameters"]["prunable_remaining"] - column["target"])
+                                               / column["target"] for r in records), 3),
+                "collapsed": any(r.get("collapsed") for r in records),
+            })
+        rows.append(row)
+    for index, column in enumerate(columns):
+        at = column["iteration"]
+        reached = {pruner: [r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= at]
+                   for pruner in group.pruners}
+        nnrelief = accuracy_by_seed(reached.get("nnrelief", []), at)
+        compared = {}
+        for row in rows:
+            cell = row["cells"][index]
+            if row["pruner"] != "nnrelief" and cell is not None:
+                cell.update(_comparison(stats.paired_by_seed(accuracy_by_seed(reached[row["pruner"]], at), nnrelief)))
+                if "t_test_p" in cell:
+                    compared[row["pruner"]] = cell
+        for pruner, p in stats.holm({pruner: cell["t_test_p"] for pruner, cell in compared.items()}).items():
+            compared[pruner].update(t_test_p_holm=_round_p(p), significant=p is not None and p < stats.SIGNIFICANCE)
+    return rows
+
+
+def _target_cell(cell: dict | None) -> str:
+    if cell is None:
+        return MISSING
+    return _estimate(cell, "accuracy", cell["seeds"]) + (f" {COLLAPSED}" if cell["collapsed"] else "")
+
+
+def _target_comparison_cell(cell: dict | None) -> str:
+    """A baseline at one target against NNrelief: mean paired difference [95 % CI]; Holm-adjusted paired t p."""
+    if cell is None:
+        return MISSING
+    if not cell["vs_nnrelief_pairs"]:
+        return "n/a (no seed shared with NNrelief)"
+    text = _estimate(cell, "vs_nnrelief", cell["vs_nnrelief_pairs"], signed=True, spread=False)
+    if cell.get("t_test_p_holm") is None:
+        return text + ("; p n/a (1 seed)" if cell["vs_nnrelief_pairs"] < 2 else "; p n/a (no spread)")
+    return text + f"; p {_p(cell['t_test_p_holm'])}" + (f" {SIGNIFICANT}" if cell["significant"] else "")
+
+
+def targets_markdown(group: Group, rows: list[dict]) -> str:
+    columns = target_columns(group)
+    dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"] for runs in group.by_pruner.values()
+                            for r in runs)
+    reached = [cell["max_deviation_pct"] for row in rows if row["pruner"] == "nnrelief"
+               for cell in row["cells"] if cell]
+    lines = [f"## {group.title}: every pruner at every target", ""]
+    if group.untrained:
+        lines += [f"**{untrained_sentence(group)}**", ""]
+    lines += [f"Experiment `{group.key[0]}`, target mode ({group.targets}). Test accuracy after pruning and retraining "
+              f"(%, mean ± sample std [95 % Student-t interval] over seeds; one seed: no interval) at each compression "
+              f"of the prunable weights and biases (every Linear and Conv2d weight and bias: dense / kept); dense "
+              f"model {dense:.2f} %.", ""]
+    header = ["pruner", "seeds", *(f"{c['compression']:.3g}× ({c['target']:,} kept)" for c in columns)]
+    lines += _markdown_table(header, [[row["pruner"], str(row["seeds"]), *map(_target_cell, row["cells"])]
+                                      for row in rows])
+    baselines = [row for row in rows if row["pruner"] != "nnrelief"]
+    if baselines and any(row["pruner"] == "nnrelief" for row in rows):
+        lines += ["", "Each baseline against NNrelief at every target, seed by seed (the same seed: the same dense "
+                  "model): its accuracy minus NNrelief's, in points, mean [95 % interval]; p: two-sided paired "
+                  "t-test, Holm-adjusted over the baselines at the same target "
+                  f"({SIGNIFICANT}: p < 0.05; no correction across targets).", ""]
+        lines += _markdown_table(["pruner", *(f"{c['compression']:.3g}×" for c in columns)],
+                                 [[row["pruner"], *map(_target_comparison_cell, row["cells"])] for row in baselines])
+    if reached:
+        lines += ["", f"NNrelief's counts: within {max(reached):.2f} % of the targets in every seed (bisection on "
+                  "alpha, one pass scored once per iteration); the baselines keep the targets exactly."]
+    if any(cell and cell["collapsed"] for row in rows for cell in row["cells"]):
+        lines += ["", NOTE_COLLAPSED]
+    return "\n".join(lines) + "\n"
+
+
+def targets_csv(group: Group, rows: list[dict]) -> str:
+    flat = []
+    for row in rows:
+        for column, cell in zip(target_columns(group), row["cells"]):
+            flat.append({**{k: row[k] for k in (*GROUP_KEYS, "pruner", "seeds")}, "iteration": column["iteration"],
+                         "target_prunable_remaining": column["target"],
+                         "target_compression": round(column["compression"], 3), **(cell or {}),
+                         "missing": cell is None})
+    return comma_separated(flat, (*GROUP_KEYS, "pruner", "seeds", "iteration", "target_prunable_remaining",
+                                  "target_compression", "reached_compression", "max_deviation_pct",
+                                  *stat_columns("accuracy"), *COMPARISON_COLUMNS, "collapsed", "missing"))
+
+
+# ---- sweeps: one comparison per combination of NNrelief's settings ------------------------------------------------
+
+def sweep_rows(groups_of_sweep: list[Group]) -> list[dict]:
+    """One row per sweep point: NNrelief's comparison iteration, remaining and accuracy, and every baseline's accuracy
+    at the same counts, each over seeds with its 95 % interval; a baseline's paired comparison with NNrelief (mean
+    difference, Holm-adjusted paired t-test over the point's baselines) as in the point's own table."""
+    rows = []
+    for group in groups_of_sweep:
+        table = {row["pruner"]: row for row in group_rows(group)}
+        nnrelief = table.get("nnrelief", {"missing": True})
+        row = {**dict(zip(GROUP_KEYS, group.key)), "sweep": group.sweep, "iteration": group.iteration,
+               "remaining_pct_of_all": nnrelief.get("remaining_pct_of_all"),
+               "compression_ratio": nnrelief.get("compression_ratio"),
+               "baseline_accuracy_pct": nnrelief.get("baseline_accuracy_pct"),
+               "dense_did_not_train": bool(group.untrained)}
+        for pruner in group.pruners:
+            row[f"{pruner}_seeds"] = table[pruner].get("seeds", 0)
+            row.update({f"{pruner}_{column}": table[pruner].get(column) for column in stat_columns("accuracy")})
+            if pruner != "nnrelief":
+                row.update({f"{pruner}_{column}": table[pruner].get(column) for column in SWEEP_COMPARISON})
+        rows.append(row)
+    return sorted(rows, key=lambda row: -(row["remaining_pct_of_all"] or 0))
+
+
+SWEEP_COMPARISON = (*stat_columns("vs_nnrelief"), "t_test_p_holm", "significant")  # per baseline, in a sweep's rows
+
+
+def _sweep_cell(row: dict, pruner: str) -> str:
+    """A pruner's accuracy at a sweep point (mean ± std [95 % CI]); a baseline's with its Holm-adjusted p."""
+    values = {column: row[f"{pruner}_{column}"] for column in stat_columns("accuracy")}
+    if values["accuracy_pct"] is None:
+        return MISSING
+    text = _estimate(values, "accuracy", row[f"{pruner}_seeds"])
+    p = row.get(f"{pruner}_t_test_p_holm")
+    if p is not None:
+        text += f"; p {_p(p)}" + (f" {SIGNIFICANT}" if row[f"{pruner}_significant"] else "")
+    return text
+
+
+def sweep_markdown(title: str, pruners: list[str], rows: list[dict]) -> str:
+    def shown(value, form="{:.2f}"):
+        return MISSING if value is None else form.format(value)
+
+    lines = [f"## {title}: across the sweep of NNrelief's settings", "",
+             "One row per combination, each read at its own NNrelief comparison iteration (the last within the "
+             "accuracy tolerance), where every baseline keeps NNrelief's count. Accuracy: test set, %, mean ± sample "
+             "std [95 % Student-t interval] over seeds (one seed: no interval); remaining: % of all weights and "
+             f"biases. p: a baseline against NNrelief seed by seed, paired t-test, Holm-adjusted over the point's "
+             f"baselines ({SIGNIFICANT}: p < 0.05; no correction across points). {UNTRAINED}: the point's dense model "
+             "did not train.", ""]
+    header = ["NNrelief settings", "iteration", "remaining (%)", "compression (×)", "dense acc. (%)",
+              *(f"{p} acc. (%)" for p in pruners)]
+    body = [[row["sweep"] + (f" {UNTRAINED}" if row["dense_did_not_train"] else ""), shown(row["iteration"], "{}"),
+             shown(row["remaining_pct_of_all"]), shown(row["compression_ratio"]), shown(row["baseline_accuracy_pct"]),
+             *(_sweep_cell(row, p) for p in pruners)] for row in rows]
+    return "\n".join(lines + _markdown_table(header, body)) + "\n"
+
+
+def sweeps(study_groups: list[Group]) -> dict[str, list[Group]]:
+    """The groups of every experiment x dataset x architecture x optimizer with several NNrelief configurations
+    (a sweep, or variants side by side), by file stem."""
+    found: dict[str, list[Group]] = defaultdict(list)
+    for group in study_groups:
+        if group.sweep:
+            found[_file_stem("_".join(group.key[1:]) + "_sweep")].append(group)
+    return {stem: swept for stem, swept in found.items() if len(swept) > 1}
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -505,10 +705,10 @@ def comma_separated(table: list[dict], columns: tuple[str, ...] = COLUMNS) -> st
 def markdown(table: list[dict], failures: list[dict], untrained: list[Group] = ()) -> str:
     """The summary across the study, one row per group and pruner, then the groups whose dense model did not train
     (their rows are left out: nothing is ranked on them), then the failed jobs with their reasons."""
-    header = ["experiment", "dataset", "architecture", "optimizer", *(CELL_HEADERS[c] for c in GROUP_CELLS)]
+    keys = [*GROUP_KEYS, *(["sweep"] if any(row.get("sweep") for row in table) else [])]
+    header = [*keys, *(CELL_HEADERS[c] for c in GROUP_CELLS)]
     shown = [row for row in table if not row.get("dense_did_not_train")]
-    body = [[row["experiment"], row["dataset"], row["architecture"], row["optimizer"],
-             *(_cells(row, GROUP_CELLS)[c] for c in GROUP_CELLS)] for row in shown]
+    body = [[*(row.get(k, "") for k in keys), *(_cells(row, GROUP_CELLS)[c] for c in GROUP_CELLS)] for row in shown]
     notes = _notes(shown)
     lines = _markdown_table(header, body) + [""] + [f"{note}  " for note in notes[:-1]] + [notes[-1]]
     if untrained:
@@ -538,6 +738,93 @@ def summary_latex(table: list[dict], tolerance: float, untrained: list[Group] = 
     return "\n".join(lines + ["\\end{table}"]) + "\n"
 
 
+# ---- NNrelief configurations side by side, iteration by iteration ---------------------------------------------
+
+SIDE_BY_SIDE_COLUMNS = (*GROUP_KEYS, "sweep", "iteration", "seeds", "remaining_pct_of_all", "remaining_std_pct",
+                        "accuracy_before_retrain_pct", *stat_columns("accuracy"), "nonzero_macs",
+                        "structural_macs")
+SIDE_BY_SIDE_HEADERS = ("NNrelief settings", "iteration", "seeds", "remaining (% of all weights + biases), mean ± std",
+                        "acc. before retraining (%)", "acc. after retraining (%), mean ± std [95 % CI]",
+                        "MACs non-zero", "MACs structural")
+NOTE_SIDE_BY_SIDE = ("Iteration 0 is the dense model. Remaining: non-zero weights and biases as % of all of the dense "
+                     "model's (BatchNorm included). Accuracy: test set, in %, before and after the retraining that "
+                     "follows each pruning pass; mean over seeds, ± the sample standard deviation for 2 seeds or "
+                     "more, and after retraining the 95 % Student-t interval of the mean [low, high] (one seed: none). "
+                     "MACs: multiply-adds per image (fvcore, batch 1), mean over seeds; non-zero = each layer's dense "
+                     "MACs x its weight density, structural = the physically compacted model. Variants (relief."
+                     "nnrelief.variant_settings): paper = the paper's scores, selection rule and one forward pass; "
+                     "authors = the authors' code's conv norm, selection rule, and FC layers scored after the conv "
+                     "layers are pruned.")
+
+
+def side_by_side_rows(study_groups: list[Group]) -> list[dict]:
+    """Per experiment x dataset x architecture x optimizer that ran several NNrelief configurations (``sweep``
+    labels): one row per configuration and iteration (0: the dense model), over the seeds that reached it."""
+    by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
+    for group in study_groups:
+        if group.by_pruner.get("nnrelief"):
+            by_key[group.key][group.sweep] = group.by_pruner["nnrelief"]
+    rows = []
+    for key, by_setting in sorted(by_key.items()):
+        if len(by_setting) < 2:
+            continue
+        for setting in sorted(by_setting):
+            runs = by_setting[setting]
+            for iteration in range(max(len(r["metrics"]["iterations"]) for r in runs) + 1):
+                records = [r["metrics"]["dense"] if iteration == 0 else r["metrics"]["iterations"][iteration - 1]
+                           for r in runs if len(r["metrics"]["iterations"]) >= iteration]
+                rows.append({**dict(zip(GROUP_KEYS, key)), "sweep": setting or DEFAULT_SETTINGS,
+                             "iteration": iteration,
+                             "seeds": len(records), **_side_by_side_values(records, iteration)})
+    return rows
+
+
+def _side_by_side_values(records: list[dict], iteration: int) -> dict:
+    def mean(path, digits=2):
+        values = [_get(r, path) for r in records]
+        return None if None in values else round(statistics.mean(values), digits)
+
+    def std(path):
+        values = [_get(r, path) for r in records]
+        return round(statistics.stdev(values), 2) if len(values) > 1 and None not in values else None
+
+    accuracy_before = ("test_accuracy_pct",) if iteration == 0 else ("test_accuracy_before_retrain_pct",)
+    return {
+        "remaining_pct_of_all": mean(("parameters", "remaining_pct_of_all")),
+        "remaining_std_pct": std(("parameters", "remaining_pct_of_all")),
+        "accuracy_before_retrain_pct": mean(accuracy_before),
+        **_stat("accuracy", stats.summarise([r["test_accuracy_pct"] for r in records])),
+        "nonzero_macs": mean(("macs", "nonzero_macs"), 0),
+        "structural_macs": mean(("macs", "structural_macs"), 0),
+    }
+
+
+def _get(record: dict, path: tuple[str, ...]):
+    for key in path:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+def side_by_side_markdown(rows: list[dict]) -> str:
+    def shown(value, spread=None, integer=False):
+        if value is None:
+            return "n/a"
+        text = f"{int(value):,}" if integer else f"{value:.2f}"
+        return text + (f" ± {spread:.2f}" if spread is not None else "")
+
+    lines = ["# NNrelief configurations side by side", ""]
+    keys = sorted({tuple(row[k] for k in GROUP_KEYS) for row in rows})
+    for key in keys:
+        lines += [f"## {' / '.join(key[1:])}", "", f"Experiment `{key[0]}`.", ""]
+        body = [[row["sweep"], str(row["iteration"]), str(row["seeds"]),
+                 shown(row["remaining_pct_of_all"], row["remaining_std_pct"]),
+                 shown(row["accuracy_before_retrain_pct"]), _estimate(row, "accuracy", row["seeds"]),
+                 shown(row["nonzero_macs"], integer=True), shown(row["structural_macs"], integer=True)]
+                for row in rows if tuple(row[k] for k in GROUP_KEYS) == key]
+        lines += _markdown_table(list(SIDE_BY_SIDE_HEADERS), body) + [""]
+    return "\n".join(lines + [NOTE_SIDE_BY_SIDE]) + "\n"
+
+
 def headline(table: list[dict]) -> dict:
     """DVC's metrics, per experiment/architecture/optimizer whose dense model trained: NNrelief's accuracy, the dense
     accuracy and their difference (each with seeds, std and 95 % interval), NNrelief's remaining %, and each
@@ -548,8 +835,9 @@ def headline(table: list[dict]) -> dict:
             continue
         baselines = [r for r in table if r["pruner"] != "nnrelief" and not r["missing"] and r["experiment"] ==
                      row["experiment"] and r["architecture"] == row["architecture"] and r["optimizer"] ==
-                     row["optimizer"] and r["dataset"] == row["dataset"]]
-        result[f"{row['experiment']}/{row['architecture']}/{row['optimizer']}"] = {
+                     row["optimizer"] and r["dataset"] == row["dataset"] and r.get("sweep") == row.get("sweep")]
+        sweep = f"/{row['sweep']}" if row.get("sweep") else ""
+        result[f"{row['experiment']}/{row['architecture']}/{row['optimizer']}{sweep}"] = {
             "seeds": row["seeds"],
             **_headline_stat(row, "accuracy", "nnrelief_accuracy"),
             "nnrelief_remaining_pct_of_all": row["remaining_pct_of_all"],
@@ -585,25 +873,41 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
     folder = out / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    group_columns = (*COLUMNS, *(AUTHORS_COLUMNS if authors_selection else ()), "missing")
+    columns = (*COLUMNS[:4], "sweep", *COLUMNS[4:]) if any(group.sweep for group in study_groups) else COLUMNS
+    group_columns = (*columns, *(AUTHORS_COLUMNS if authors_selection else ()), "missing")
     for group in study_groups:
         table = tables[group.name]
-        for suffix, text in (("md", group_markdown(group, table, authors_selection)),
-                             ("tex", group_latex(group, table, authors_selection)),
-                             ("csv", comma_separated(table, group_columns))):
+        files = [("md", group_markdown(group, table, authors_selection)),
+                 ("tex", group_latex(group, table, authors_selection)), ("csv", comma_separated(table, group_columns))]
+        if group.targets and group.iteration is not None:
+            rows = target_rows(group)
+            files += [("targets.md", targets_markdown(group, rows)), ("targets.csv", targets_csv(group, rows))]
+        for suffix, text in files:
             _write(folder / f"{group.name}.{suffix}", text)
             written.append(folder / f"{group.name}.{suffix}")
+    for stem, swept in sweeps(study_groups).items():
+        rows = sweep_rows(swept)
+        for suffix, text in (("md", sweep_markdown(swept[0].title.split(" (")[0], swept[0].pruners, rows)),
+                             ("csv", comma_separated(rows, tuple(rows[0])))):
+            _write(folder / f"{stem}.{suffix}", text)
+            written.append(folder / f"{stem}.{suffix}")
     for name, text in (("summary.md", markdown(summary, failures, untrained)),
-                       ("summary.csv", comma_separated(summary, (*COLUMNS, "missing"))),
+                       ("summary.csv", comma_separated(summary, (*columns, "missing"))),
                        ("summary.tex", summary_latex(summary, tolerance, untrained))):
         _write(out / name, text)
         written.append(out / name)
+    side_by_side = side_by_side_rows(study_groups)
+    if side_by_side:
+        for name, text in (("nnrelief_iterations.md", side_by_side_markdown(side_by_side)),
+                           ("nnrelief_iterations.csv", comma_separated(side_by_side, SIDE_BY_SIDE_COLUMNS))):
+            _write(out / name, text)
+            written.append(out / name)
     write_json(headline(summary), out / "metrics.json")
     written.append(out / "metrics.json")
     if figures:
         from pipeline.figures import write_figures  # matplotlib is imported only when figures are asked for
 
-        written += write_figures(study_groups, out / "figures")
+        written += write_figures(study_groups, out / "figures", sweeps(study_groups))
     return sorted(written)
 
 

@@ -81,6 +81,15 @@ def _mask_of(module: nn.Module, attribute: str) -> Mask | None:
     return None
 
 
+def masked_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    """The tensor ``name`` (a name of the unmasked model) as the model computes it: masked if a mask is applied.
+    KeyError if ``model`` has no such tensor."""
+    tensor = getattr(*_owner(model, name))
+    if not isinstance(tensor, torch.Tensor):
+        raise KeyError(f"{name!r} is not a tensor of {type(model).__name__}")
+    return tensor
+
+
 def stored_tensor(model: nn.Module, name: str) -> torch.Tensor:
     """The tensor that an optimizer updates for ``name``: the parameter, or the original under a parametrization."""
     module, attribute = _owner(model, name)

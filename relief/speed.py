@@ -168,8 +168,9 @@ def compare_inference(
     a model's time). After at least ``min_rounds`` rounds, at the end of a cycle, the rounds stop as soon as every
     model's median and every speed-up (the reference's time over the model's, per round; its median) has its
     ``confidence`` interval (:func:`median_interval`) within ±``precision`` of its median, or when ``max_seconds``
-    have passed: those not within are ``settled=False``. Two identical models read a speed-up of 1 within its interval. The caller fixes
-    the thread count (``torch.set_num_threads``); times are only comparable on the same machine under the same load.
+    have passed: those not within are ``settled=False``. Two identical models read a speed-up of 1 within its
+    interval. The caller fixes the thread count (``torch.set_num_threads``); times are only comparable on the same
+    machine under the same load.
     """
     if reference not in models or len(models) < 2:
         raise ValueError(f"models must hold the reference {reference!r} and at least one other, got {list(models)}")

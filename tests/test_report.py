@@ -283,3 +283,34 @@ def test_the_authors_selection_is_an_opt_in_labelled_column(tmp_path):
     assert float(row["authors_selection_accuracy_pct"]) == 85.2 and float(row["accuracy_pct"]) == 84.8
     for name in ("summary.md", "summary.csv", "summary.tex", "metrics.json"):  # never in the headline comparison
         assert "authors" not in (tmp_path / "authors" / name).read_text().lower(), name
+
+
+def test_two_nnrelief_variants_side_by_side(tmp_path, tables_only):
+    """The paper's and the authors' variant (tests/fixtures/report-variants, by hand) of the same dense models."""
+    variants = sorted((REPO / "tests" / "fixtures" / "report-variants").iterdir())
+    report.write_report(report.load_runs(sorted(FIXTURE.iterdir()) + variants), 1.0, tmp_path, figures=False)
+    assert (tmp_path / "tables" / f"{ADAM}.md").read_text() == (tables_only / "tables" / f"{ADAM}.md").read_text()
+    authors = (tmp_path / "tables" / f"{ADAM}_variant-authors.md").read_text()
+    assert "## fashion-mnist / lenet300-100 / adam (variant=authors)" in authors
+    # dense 88.00; the authors' variant's accuracy at iteration 1 is 87.5 and 87.1 (mean 87.30, std 0.28), at
+    # iteration 2 86.80; 95 % interval with 1 degree of freedom: mean ± 12.7062 x 0.2828 / sqrt(2) = mean ± 2.54
+    assert markdown_rows(authors)["nnrelief"][1:6] == [
+        "2", "1", "88.00 ± 0.00 [88.00, 88.00]", "87.30 ± 0.28 [84.76, 89.84]", "-0.70 ± 0.28 [-3.24, +1.84]"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "nnrelief_iterations.csv").read_text())))
+    paper, authors = "default", "variant=authors"  # the fixture's paper runs predate configuration labels
+    assert [(r["sweep"], r["iteration"]) for r in rows] == [
+        (paper, "0"), (paper, "1"), (paper, "2"), (authors, "0"), (authors, "1"), (authors, "2")]
+    by = {(r["sweep"], r["iteration"]): r for r in rows}
+    assert by[paper, "0"]["remaining_pct_of_all"] == "" and by[paper, "0"]["accuracy_pct"] == "88.0"
+    assert by[paper, "1"]["remaining_pct_of_all"] == "50.0" and by[paper, "1"]["accuracy_pct"] == "87.4"
+    assert by[authors, "1"]["remaining_pct_of_all"] == "42.0" and by[authors, "1"]["remaining_std_pct"] == "2.83"
+    assert by[authors, "1"]["accuracy_before_retrain_pct"] == "84.25" and by[authors, "1"]["nonzero_macs"] == "410"
+    assert by[authors, "2"]["accuracy_pct"] == "86.8" and by[authors, "2"]["structural_macs"] == "255"
+    text = (tmp_path / "nnrelief_iterations.md").read_text()
+    assert "| variant=authors | 1 | 2 | 42.00 ± 2.83 | 84.25 | 87.30 ± 0.28 [84.76, 89.84] | 410 | 255 |" in text
+    assert "| default | 0 | 2 | n/a | 88.00 | 88.00 ± 0.00 [88.00, 88.00] | n/a | n/a |" in text
+    assert (by[authors, "1"]["accuracy_ci95_low_pct"], by[authors, "1"]["accuracy_ci95_high_pct"]) == ("84.76", "89.84")
+    summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert ("lenet300-100", "adam", "authors", "nnrelief") in {
+        (r["architecture"], r["optimizer"], r["sweep"].removeprefix("variant="), r["pruner"]) for r in summary}
+    assert not (tables_only / "nnrelief_iterations.md").exists()  # one configuration: no side-by-side file
