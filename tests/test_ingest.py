@@ -1,10 +1,12 @@
 """MLflow ingestion: many jobs finishing at once lose no run or metric, and re-ingesting duplicates nothing; runs
 carry their jobs' own start and end times, and the experiment opens on its runs table."""
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import yaml
@@ -86,3 +88,11 @@ def test_the_authors_variant_reaches_mlflow_as_params_and_a_tag(tmp_path):
         "variant": "authors", "conv_norm": "l1", "rule": "official", "fc_inputs": "conv-pruned"}
     assert run.data.tags["variant"] == "authors"
     assert run.info.run_name == "nnrelief (variant=authors) / adam / seed 0 / lenet5 / fashion-mnist"
+    # its saved comparison view holds this configuration's runs only; a tag key has no "=" or ","
+    tags = MlflowClient(settings["mlflow"]["tracking_uri"]).get_experiment(run.info.experiment_id).tags
+    experiment = job.labels["experiment"]
+    view = json.loads(tags[f"mlflow.sharedViewState.nnrelief-vs-baselines.{experiment}.fashion-mnist.lenet5.adam."
+                           "variant-authors"])
+    assert view["name"] == f"NNrelief vs baselines: lenet5 / fashion-mnist / adam (variant=authors) ({experiment})"
+    state = json.loads(zlib.decompress(base64.b64decode(view["state"].removeprefix("deflate;"))))
+    assert "tags.sweep = 'variant=authors'" in state["searchFilter"]
