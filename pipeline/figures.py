@@ -109,7 +109,7 @@ def _band(values: list[list[float]]) -> tuple[list[float], list[float]] | None:
 
 def _band_title(runs_by_pruner) -> str:
     seeds = {len(runs) for runs in runs_by_pruner if runs}
-    return ("band: 95 % interval of the mean over seeds (none for one seed)" if max(seeds, default=1) > 1
+    return ("band: 95 % interval of the mean\nover seeds (none for one seed)" if max(seeds, default=1) > 1
             else "1 seed: no interval")
 
 
@@ -339,7 +339,7 @@ def across_sweep(title: str, groups) -> plt.Figure:
         axes.set_ylabel("test accuracy after retraining (%, mean over seeds)")
         seeds = max((row[f"{p}_seeds"] for row in rows for p in pruners), default=1)
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, title_fontsize=8,
-                    title="bars: 95 % interval of the mean over seeds" if seeds > 1 else "1 seed: no interval")
+                    title="bars: 95 % interval of the mean\nover seeds" if seeds > 1 else "1 seed: no interval")
         figure.suptitle(f"Across the sweep of NNrelief's settings\n{title}")
         return figure
 
