@@ -33,10 +33,10 @@ except ConfigError as error:
 RUNS, RESULTS = STUDY.runs_dir, STUDY.results_dir
 PYTHON = sys.executable
 JOB_FOLDERS = [f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.prune.values()]]
+PRUNE_FOLDERS = [f"{RUNS}/{job.folder}" for job in PLAN.prune.values()]
 os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
     "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
     "mlflow": STUDY.mlflow.model_dump(), "progress": False, "gpu_jobs_per_device": STUDY.gpu_jobs_per_device,
-    "time_inference": STUDY.time_inference,
     "datasets": {name: {**own.model_dump(), "folder": str(Path(own.folder).expanduser().resolve())}
                  for name, own in STUDY.datasets.items()},
 })
@@ -103,23 +103,44 @@ rule prune:
     shell: "{PYTHON} -m pipeline.prune {params.job} --dense {params.dense} {params.reference} --out {RUNS}/prune/{wildcards.hash} --threads {threads}"
 
 
+TIMING = STUDY.timing
+INFERENCE = (f"{PYTHON} -m pipeline.inference --threads {TIMING.threads} --precision-pct {TIMING.precision_pct} "
+             f"--max-seconds {TIMING.max_seconds}")
+
+
+# Alone: it needs every pruning job's model, and ingest and report need its timings, so no other job of the study
+# runs beside it (on SLURM, profiles/slurm gives it a node of its own).
+rule inference:
+    input: [f"{folder}/compact.pt" for folder in PRUNE_FOLDERS]
+    output: f"{RUNS}/inference.json"
+    params: timing=TIMING.model_dump(), runs=" ".join(PRUNE_FOLDERS)
+    threads: TIMING.threads
+    resources: gpu=max((job.gpus for job in PLAN.prune.values()), default=0)
+    benchmark: f"{RUNS}/benchmarks/inference.tsv"
+    shell: INFERENCE + " --runs {params.runs} --out {output}"
+
+
+TIMINGS = [f"{RUNS}/inference.json"] if TIMING.enabled else []  # with timing off, speed-ups read n/a
+
+
 rule ingest:
-    input: [f"{folder}/metrics.json" for folder in JOB_FOLDERS]
+    input: [f"{folder}/metrics.json" for folder in JOB_FOLDERS], TIMINGS
     output: f"{RUNS}/mlflow.json"
     params: runs=" ".join(JOB_FOLDERS)
     benchmark: f"{RUNS}/benchmarks/ingest.tsv"
     shell: "{PYTHON} -m pipeline.ingest --runs {params.runs} --out {output}"
 
 
-REPORT = f"{PYTHON} -m pipeline.report --runs {' '.join(JOB_FOLDERS)} --tolerance {STUDY.report.accuracy_tolerance_pct} --out {RESULTS}"
+REPORT = (f"{PYTHON} -m pipeline.report --runs {' '.join(JOB_FOLDERS)} --tolerance {STUDY.report.accuracy_tolerance_pct} "
+          f"--out {RESULTS}" + (" --authors-selection" if STUDY.report.authors_selection else ""))
 
 
 rule report:
-    input: expand(f"{RUNS}/prune/{{hash}}/metrics.json", hash=PLAN.prune)
+    input: expand(f"{RUNS}/prune/{{hash}}/metrics.json", hash=PLAN.prune), TIMINGS
     output:
         f"{RESULTS}/summary.md", f"{RESULTS}/summary.csv", f"{RESULTS}/summary.tex", f"{RESULTS}/metrics.json",
         directory(f"{RESULTS}/tables"), directory(f"{RESULTS}/figures"),
-    params: tolerance=STUDY.report.accuracy_tolerance_pct
+    params: tolerance=STUDY.report.accuracy_tolerance_pct, authors_selection=STUDY.report.authors_selection
     benchmark: f"{RUNS}/benchmarks/report.tsv"
     shell: REPORT
 
@@ -127,6 +148,8 @@ rule report:
 onerror:  # after the other jobs finished (with --keep-going): MLflow gets every outcome, the report marks the gaps
     ended = [folder for folder in JOB_FOLDERS if any(Path(folder, name).exists() for name in ("metrics.json", "failure.json"))]
     if ended:
+        if TIMING.enabled:
+            shell(f"{INFERENCE} --runs {' '.join(ended)} || echo 'inference timing failed: the report shows n/a'")
         shell(f"{PYTHON} -m pipeline.ingest --runs {' '.join(ended)}")
         shell(REPORT)
         print(f"Some jobs failed: {RESULTS}/summary.md lists them with their reasons and marks their cells missing; "

@@ -30,7 +30,7 @@ import yaml
 from machine import cpu_name  # bench/machine.py, next to this file
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("fetch", "dense", "prune", "ingest", "report")
+STAGES = ("fetch", "dense", "prune", "inference", "ingest", "report")
 
 
 def run_study(folder: Path, configfile: Path | None, cores: str) -> tuple[float, float]:

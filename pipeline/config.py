@@ -320,6 +320,16 @@ class Experiment(Strict):
 
 class Report(Strict):
     accuracy_tolerance_pct: Annotated[float, Field(ge=0)] = 1.0  # compare at the last NNrelief iteration within this
+    authors_selection: bool = False  # add the column "authors' selection (best test epoch)" to the group tables
+
+
+class Timing(Strict):
+    """The inference timing stage (pipeline/inference.py), which runs when no other job of the study runs."""
+
+    enabled: bool = True  # off: no timing stage, speed-ups read n/a (quick studies)
+    threads: Positive = 1  # torch threads while timing, the same for every model
+    precision_pct: Annotated[float, Field(gt=0, lt=100)] = 5.0  # repeat until every 95 % interval is within ± this
+    max_seconds: Annotated[float, Field(gt=0)] = 5.0  # per job and batch size; not settled by then: "noisy"
 
 
 class Study(Strict):
@@ -331,12 +341,12 @@ class Study(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Positive = 1  # CPU threads per job
     gpu_jobs_per_device: Positive = 1  # jobs that share one GPU at a time (pipeline/gpus.py)
-    time_inference: bool = True  # time dense, masked and compact inference in each pruning job (off: quick studies)
     runs_dir: Text = "runs"
     results_dir: Text = "results"
     data: Data = Data()
     mlflow: Mlflow = Mlflow()
     report: Report = Report()
+    timing: Timing = Timing()
 
     @field_validator("datasets")
     @classmethod

@@ -2,13 +2,19 @@
 
 Per dataset x architecture x optimizer (a report ``Group``), as PNG and SVG:
 - ``<group>_accuracy_vs_remaining``: test accuracy against remaining parameters (% of all weights and biases, log
-  axis), one line per pruner with a min-max band over seeds, the dense model as a reference line;
-- ``<group>_nnrelief_connections``: NNrelief's remaining connections per layer (% of the layer's), per iteration;
+  axis), one line per pruner (the mean over seeds) with its 95 % Student-t interval as the band (none for one seed),
+  the dense model as a reference line;
+- ``<group>_nnrelief_connections``: NNrelief's remaining connections per layer (% of the layer's), per iteration,
+  with 95 % intervals over seeds as error bars;
 - ``<group>_nnrelief_architecture``: NNrelief's live neurons (Linear) or channels (Conv2d) per layer, per iteration;
-- ``<group>_nnrelief_retraining``: NNrelief's test accuracy before and after retraining, per iteration;
-- ``<group>_accuracy_at_targets`` (target mode): every pruner's accuracy at every target, on one compression axis;
+- ``<group>_nnrelief_retraining``: NNrelief's test accuracy before and after retraining, per iteration, with 95 %
+  intervals over seeds as bands;
+- ``<group>_accuracy_at_targets`` (target mode): every pruner's accuracy at every target, on one compression axis,
+  with 95 % intervals over seeds as bands;
 - ``<dataset>_<architecture>_<optimizer>_sweep`` (a sweep of NNrelief's settings): each pruner's accuracy at each
-  sweep point's comparison count.
+  sweep point's comparison count, with 95 % intervals over seeds as error bars.
+
+Intervals come from pipeline/stats.py, as in the tables. A group whose dense model did not train says so in its titles.
 
 Colours are fixed per pruner (``PRUNER_COLOURS``) across every figure. Files are deterministic: the Agg backend,
 a fixed SVG hash salt and no dates in the metadata, so a rerun on the same runs writes the same bytes.
@@ -27,6 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.colors import to_rgb
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from pipeline import stats
 
 PRUNER_COLOURS = {  # one fixed colour per pruner, in every figure
     "nnrelief": "#d62728",  # red
@@ -87,7 +95,22 @@ def _save(figure, path: Path) -> list[Path]:
 
 
 def _title(figure, group, what: str) -> None:
-    figure.suptitle(f"{what}\n{group.title}  ({group.key[0]})")
+    warning = "  DENSE MODEL DID NOT TRAIN" if getattr(group, "untrained", None) else ""
+    figure.suptitle(f"{what}\n{group.title}  ({group.key[0]}){warning}")
+
+
+def _band(values: list[list[float]]) -> tuple[list[float], list[float]] | None:
+    """The 95 % Student-t interval of the mean at each point (``values``: per point, per seed); None for one seed."""
+    summaries = [stats.summarise(v) for v in values]
+    if any(s.ci_low is None for s in summaries):
+        return None
+    return [s.ci_low for s in summaries], [s.ci_high for s in summaries]
+
+
+def _band_title(runs_by_pruner) -> str:
+    seeds = {len(runs) for runs in runs_by_pruner if runs}
+    return ("band: 95 % interval of the mean\nover seeds (none for one seed)" if max(seeds, default=1) > 1
+            else "1 seed: no interval")
 
 
 def _per_iteration(runs: list[dict], value) -> list[list[float]]:
@@ -115,8 +138,9 @@ def accuracy_vs_remaining(group) -> plt.Figure:
             axes.plot(remaining, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
                       markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
                       label=pruner + (" (collapsed: ×)" if any(collapsed) else ""))
-            axes.fill_between(remaining, [min(a) for a in accuracy], [max(a) for a in accuracy], color=colour,
-                              alpha=0.18, linewidth=0)
+            band = _band(accuracy)
+            if band:
+                axes.fill_between(remaining, *band, color=colour, alpha=0.18, linewidth=0)
             bad = [(x, statistics.mean(a)) for x, a, c in zip(remaining, accuracy, collapsed) if c]
             if bad:
                 axes.scatter(*zip(*bad), marker="x", s=60, color=colour, zorder=4)
@@ -138,7 +162,7 @@ def accuracy_vs_remaining(group) -> plt.Figure:
         axes.set_xlabel("remaining parameters (% of all weights and biases, log scale)")
         axes.set_ylabel("test accuracy after retraining (%)")
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
-                    title="band: min–max over seeds", title_fontsize=8)
+                    title=_band_title(group.by_pruner.values()), title_fontsize=8)
         _title(figure, group, "Accuracy against remaining parameters")
         return figure
 
@@ -162,12 +186,12 @@ def nnrelief_connections(group) -> plt.Figure:
         width = 0.8 / count
         for i, (seeds, shade) in enumerate(zip(per_iteration, _shades(pruner_colour("nnrelief"), count))):
             means = [statistics.mean(s[j] for s in seeds) for j in range(len(layers))]
-            low = [means[j] - min(s[j] for s in seeds) for j in range(len(layers))]
-            high = [max(s[j] for s in seeds) - means[j] for j in range(len(layers))]
+            band = _band([[s[j] for s in seeds] for j in range(len(layers))])
+            errors = None if band is None else [[min(m - low, 0.99 * m) for m, low in zip(means, band[0])],
+                                                [high - m for m, high in zip(means, band[1])]]  # log axis: > 0
             positions = [j - 0.4 + width * (i + 0.5) for j in range(len(layers))]
             bars = axes.bar(positions, means, width=width * 0.92, color=shade, edgecolor="#555555", linewidth=0.5,
-                            label=f"iteration {i + 1}", yerr=[low, high] if len(seeds) > 1 else None,
-                            error_kw={"linewidth": 0.8, "capsize": 2})
+                            label=f"iteration {i + 1}", yerr=errors, error_kw={"linewidth": 0.8, "capsize": 2})
             texts = axes.bar_label(bars, labels=[_percent(m) for m in means], fontsize=7, padding=2, rotation=90)
             for text in texts:
                 text.set_zorder(5)
@@ -178,7 +202,8 @@ def nnrelief_connections(group) -> plt.Figure:
         axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _percent(v) if v <= 100 else ""))
         axes.yaxis.set_minor_formatter(NullFormatter())
         axes.set_xticks(range(len(layers)), [_layer_label(layer) for layer in layers])
-        axes.set_xlabel("layer (dense = 100 %; connections: weights of a Linear layer, kernels of a Conv2d layer)")
+        axes.set_xlabel("layer (dense = 100 %; connections: weights of a Linear layer, kernels of a Conv2d layer; "
+                        "bars: 95 % interval over seeds)")
         axes.set_ylabel("remaining connections (% of the layer's, log scale)")
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         _title(figure, group, "NNrelief: remaining connections per layer")
@@ -230,12 +255,13 @@ def nnrelief_retraining(group) -> plt.Figure:
                                            (after, "after retraining", "-", colour)):
             axes.plot(iterations, [statistics.mean(v) for v in values], linestyle=style, color=colour, marker="o",
                       markerfacecolor=face, markersize=6, linewidth=2, label=label)
-            axes.fill_between(iterations, [min(v) for v in values], [max(v) for v in values], color=colour,
-                              alpha=0.15, linewidth=0)
+            band = _band(values)
+            if band:
+                axes.fill_between(iterations, *band, color=colour, alpha=0.15, linewidth=0)
         axes.set_xticks(iterations, [f"{i}\n({_percent(round(r, 2))} left)" for i, r in zip(iterations, remaining)])
         axes.set_xlabel("NNrelief iteration (remaining parameters, % of all weights and biases)")
         axes.set_ylabel("test accuracy (%)")
-        axes.legend(loc="best", frameon=False, title="band: min–max over seeds", title_fontsize=8)
+        axes.legend(loc="best", frameon=False, title=_band_title([runs]), title_fontsize=8)
         _title(figure, group, "NNrelief: accuracy before and after retraining")
         return figure
 
@@ -261,15 +287,16 @@ def accuracy_at_targets(group) -> plt.Figure:
             axes.plot(x, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
                       markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
                       label=pruner)
-            axes.fill_between(x, [min(a) for a in accuracy], [max(a) for a in accuracy], color=colour, alpha=0.18,
-                              linewidth=0)
+            band = _band(accuracy)
+            if band:
+                axes.fill_between(x, *band, color=colour, alpha=0.18, linewidth=0)
         axes.set_xscale("log", base=2)
         axes.set_xticks(ratios, [f"{r:.3g}×" for r in ratios])
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel("compression of the prunable weights and biases (dense / kept, log scale): the targets")
         axes.set_ylabel("test accuracy after retraining (%)")
         axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
-                    title="band: min–max over seeds", title_fontsize=8)
+                    title=_band_title(group.by_pruner.values()), title_fontsize=8)
         _title(figure, group, "Every pruner at the same targets")
         return figure
 
@@ -283,13 +310,21 @@ def across_sweep(title: str, groups) -> plt.Figure:
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
         for pruner in pruners:
-            points = [(row["remaining_pct_of_all"], row[f"{pruner}_accuracy_pct"]) for row in rows
-                      if row[f"{pruner}_accuracy_pct"] is not None]
+            points = [row for row in rows if row[f"{pruner}_accuracy_pct"] is not None]
             if not points:
                 continue
             main = pruner == "nnrelief"
-            axes.plot(*zip(*points), color=pruner_colour(pruner), marker="o", markersize=6 if main else 4.5,
+            x, y = [row["remaining_pct_of_all"] for row in points], [row[f"{pruner}_accuracy_pct"] for row in points]
+            axes.plot(x, y, color=pruner_colour(pruner), marker="o", markersize=6 if main else 4.5,
                       linewidth=2.4 if main else 1.5, zorder=3 if main else 2, label=pruner)
+            bars = [(row["remaining_pct_of_all"], row[f"{pruner}_accuracy_pct"], row[f"{pruner}_accuracy_ci95_low_pct"],
+                     row[f"{pruner}_accuracy_ci95_high_pct"]) for row in points
+                    if row[f"{pruner}_accuracy_ci95_low_pct"] is not None]
+            if bars:  # the 95 % interval over seeds at each point
+                at, mean, low, high = zip(*bars)
+                errors = [[m - lo for m, lo in zip(mean, low)], [h - m for m, h in zip(mean, high)]]
+                axes.errorbar(at, mean, yerr=errors, fmt="none", ecolor=pruner_colour(pruner), elinewidth=1,
+                              capsize=3, zorder=2)
         for row in rows:
             if row["nnrelief_accuracy_pct"] is not None:
                 axes.annotate(row["sweep"], (row["remaining_pct_of_all"], row["nnrelief_accuracy_pct"]), fontsize=7,
@@ -302,7 +337,9 @@ def across_sweep(title: str, groups) -> plt.Figure:
         axes.invert_xaxis()
         axes.set_xlabel("remaining parameters at NNrelief's comparison iteration (% of all weights and biases, log)")
         axes.set_ylabel("test accuracy after retraining (%, mean over seeds)")
-        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        seeds = max((row[f"{p}_seeds"] for row in rows for p in pruners), default=1)
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, title_fontsize=8,
+                    title="bars: 95 % interval of the mean\nover seeds" if seeds > 1 else "1 seed: no interval")
         figure.suptitle(f"Across the sweep of NNrelief's settings\n{title}")
         return figure
 

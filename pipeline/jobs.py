@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,6 +24,7 @@ from relief.train import Divergence
 RUNTIME_VARIABLE = "RELIEF_RUNTIME"  # set by the Snakefile: settings that do not change results
 FAILURE = "failure.json"  # in a job's folder: why its last attempt failed (removed when an attempt starts)
 INFERENCE = "inference.json"  # in a pruning job's folder: inference wall times (measurements, not results)
+TIMES = "times.json"  # in a job's folder: when its last attempt started and ended (Unix time, s)
 PACKAGES = ("relief", "torch", "torchvision", "fvcore", "torch-pruning", "snakemake", "mlflow", "dvc", "pydantic")
 
 
@@ -124,14 +126,16 @@ def record(out: Path, piece: dict, labels: dict, on: torch.device) -> None:
 def failures_recorded(out: Path):
     """Run a job's body; if it fails, write ``out/failure.json`` (the reason and the metrics so far) and exit non-zero.
 
-    A diverged training ends with its reason only; any other error keeps its traceback.
+    A diverged training ends with its reason only; any other error keeps its traceback. Either way ``out/times.json``
+    gets the attempt's start and end (MLflow shows them as the run's times).
     """
+    from relief.checkpoints import write_json
+
     (out / FAILURE).unlink(missing_ok=True)
+    started = time.time()
     try:
         yield
     except Exception as error:
-        from relief.checkpoints import write_json
-
         metrics = out / "metrics.json"
         write_json({
             "error": type(error).__name__,
@@ -142,6 +146,8 @@ def failures_recorded(out: Path):
         if isinstance(error, Divergence):
             raise SystemExit(f"{out}: {error}") from None
         raise
+    finally:
+        write_json({"start_time": started, "end_time": time.time()}, out / TIMES)
 
 
 def _git(root: Path, *command: str) -> str | None:

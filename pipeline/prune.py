@@ -1,5 +1,9 @@
 """Stage: one pruner's prune-retrain loop from a trained dense model; baselines prune to NNrelief's counts, or every
-pruner to the study's targets."""
+pruner to the study's targets.
+
+Leaves the compacted model of the last iteration (compact.pt); its speed is measured later by pipeline.inference,
+when no other job of the study runs.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,9 @@ from relief.compact import compact
 from relief.loop import LoopConfig, run_loop
 from relief.masks import apply_masks
 from relief.pruners import build_pruner
-from relief.speed import inference_ms
 
 DENSE_FILES = ("init.pt", "dense.pt", "rewind.pt")
-INFERENCE_BATCHES = (1, 256)
+COMPACT_IMAGES = 256  # pruning-set images that trace the model for compact()
 
 
 def pruner_for(piece: dict, seed: int, reference, total: int):
@@ -74,6 +77,7 @@ def main() -> None:
 
 def run(args, settings: dict, on: torch.device) -> None:
     piece = args.slice
+    (args.out / jobs.INFERENCE).unlink(missing_ok=True)  # timings of an earlier attempt's model
     dense = json.loads((args.dense / "config.json").read_text())["slice"]
     for name in DENSE_FILES:  # every pruner starts from the same trained model
         if (args.dense / name).exists() and not (args.out / name).exists():
@@ -87,27 +91,22 @@ def run(args, settings: dict, on: torch.device) -> None:
         train_config(dense, piece["retrain"]), loop, args.out, seed=dense["seed"],
         progress=settings.get("progress", True),
     )
-    final = checkpoints.load(args.out / f"iter_{loop.num_iters:02d}.pt", map_location=on)
-    masked = build().to(on)
-    apply_masks(masked, final["masks"])
-    checkpoints.load_into(masked, final["model"], args.out / f"iter_{loop.num_iters:02d}.pt")
-    images, _ = data.pruning_set(min(INFERENCE_BATCHES[-1], len(data.train.labels)), dense["seed"])
-    compacted = compact(masked, final["masks"], images)
+    masked, masks = masked_model(build, args.out, loop.num_iters, on)
+    images, _ = data.pruning_set(min(COMPACT_IMAGES, len(data.train.labels)), dense["seed"])
+    compacted = compact(masked, masks, images)
     torch.save(compacted, args.out / "compact.pt")
     checkpoints.write_json(result["iterations"][-1]["layers"], args.out / "layers.json")
-    if settings.get("time_inference", True):
-        time_inference(build().to(on), masked, compacted, images, on, args.out)
 
 
-def time_inference(trained, masked, compacted, images: torch.Tensor, on: torch.device, out) -> None:
-    """Write ``inference.json``: the dense (``out/dense.pt``), masked and compacted models' inference times."""
-    checkpoints.load_into(trained, checkpoints.load(out / "dense.pt", map_location=on)["model"], "dense.pt")
-    timings = {variant: inference_ms(model, images, INFERENCE_BATCHES)
-               for variant, model in (("dense", trained), ("masked", masked), ("compact", compacted))}
-    checkpoints.write_json({
-        "device": str(on), "threads": torch.get_num_threads(), "unit": "ms per batch, median",
-        "batch_ms": {variant: {str(size): ms for size, ms in by_size.items()} for variant, by_size in timings.items()},
-    }, out / jobs.INFERENCE)
+def masked_model(build, folder, iteration: int, on: torch.device):
+    """The model of ``folder``'s iteration ``iteration`` with its masks applied (pruned weights exactly zero), and
+    the masks."""
+    path = folder / f"iter_{iteration:02d}.pt"
+    final = checkpoints.load(path, map_location=on)
+    masked = build().to(on)
+    apply_masks(masked, final["masks"])
+    checkpoints.load_into(masked, final["model"], path)
+    return masked, final["masks"]
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from relief.train import TrainConfig, evaluate, train
 
 REWINDS = ("none", "init", "epoch")
 _EXAMPLE_IMAGES = 256  # pruning-set images used to trace the model and fold constants when counting
-_CHANCE_MARGIN = 1.1  # test accuracy within 10 % (relative) of chance, 100 / classes %, counts as collapsed
+CHANCE_MARGIN = 1.1  # test accuracy within 10 % (relative) of chance, 100 / classes %, counts as collapsed
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def run_loop(
             val_accuracy_pct=result.val_accuracy_pct,
             retrain_history=result.history,
             collapsed_layers=collapsed_layers(masks),
-            at_chance=result.test_accuracy_pct <= _CHANCE_MARGIN * 100 / data.num_classes,
+            at_chance=result.test_accuracy_pct <= CHANCE_MARGIN * 100 / data.num_classes,
         )
         record["collapsed"] = bool(record["collapsed_layers"]) or record["at_chance"]
         iterations.append(record)

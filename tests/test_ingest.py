@@ -1,16 +1,19 @@
-"""MLflow ingestion: many jobs finishing at once lose no run or metric, and re-ingesting duplicates nothing."""
+"""MLflow ingestion: many jobs finishing at once lose no run or metric, and re-ingesting duplicates nothing; runs
+carry their jobs' own start and end times, and the experiment opens on its runs table."""
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import load_study
-from pipeline.ingest import ingest, run_name
+from pipeline.ingest import EXPERIMENT_KIND, ingest, run_name
 from pipeline.jobs import RUNTIME_VARIABLE
 from pipeline.plan import plan
 from relief.checkpoints import write_json
@@ -27,6 +30,11 @@ def _fake_run(folder: Path, index: int) -> None:
     iterations = [{**record, "test_accuracy_before_retrain_pct": 80.0 + i, "test_accuracy_pct": 85.0 + i,
                    "parameters": {"remaining_pct_of_prunable": 100.0 / (i + 2)}} for i in range(3)]
     write_json({"dense": record, "iterations": iterations}, folder / "metrics.json")
+    if index % 2 == 0:  # the job's own record of its attempt; odd jobs are runs of an older version without it
+        write_json({"start_time": 1_700_000_000.25 + index, "end_time": 1_700_000_090.5 + index}, folder / "times.json")
+    else:
+        os.utime(folder / "config.json", (1_700_000_000 + index, 1_700_000_000 + index))
+        os.utime(folder / "metrics.json", (1_700_000_042 + index, 1_700_000_042 + index))
 
 
 def test_concurrent_ingests_lose_nothing_and_reruns_duplicate_nothing(tmp_path):
@@ -50,7 +58,16 @@ def test_concurrent_ingests_lose_nothing_and_reruns_duplicate_nothing(tmp_path):
     assert len(runs) == JOBS
     assert {r.info.run_name for r in runs} == {run_name(json.loads((f / "config.json").read_text())["labels"])
                                                 for f in folders}
+    assert experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
     for run in runs:
+        index = int(run.data.tags["seed"])
+        if index % 2 == 0:
+            assert (run.info.start_time, run.info.end_time) == (1_700_000_000_250 + 1000 * index,
+                                                                1_700_000_090_500 + 1000 * index)
+        else:  # from when the job wrote its config.json and its metrics.json
+            assert (run.info.start_time, run.info.end_time) == (1_700_000_000_000 + 1000 * index,
+                                                                1_700_000_042_000 + 1000 * index)
+        assert run.info.run_name.startswith(f"pruner{index} / adam / seed {index} / lenet5")
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "test_accuracy_pct")
         assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (1, 85.0), (2, 86.0), (3, 87.0)]
@@ -70,4 +87,12 @@ def test_the_authors_variant_reaches_mlflow_as_params_and_a_tag(tmp_path):
     assert {key: run.data.params[f"nnrelief.{key}"] for key in ("variant", "conv_norm", "rule", "fc_inputs")} == {
         "variant": "authors", "conv_norm": "l1", "rule": "official", "fc_inputs": "conv-pruned"}
     assert run.data.tags["variant"] == "authors"
-    assert run.info.run_name == "lenet5 / fashion-mnist / adam / nnrelief (variant=authors) / seed 0"
+    assert run.info.run_name == "nnrelief (variant=authors) / adam / seed 0 / lenet5 / fashion-mnist"
+    # its saved comparison view holds this configuration's runs only; a tag key has no "=" or ","
+    tags = MlflowClient(settings["mlflow"]["tracking_uri"]).get_experiment(run.info.experiment_id).tags
+    experiment = job.labels["experiment"]
+    view = json.loads(tags[f"mlflow.sharedViewState.nnrelief-vs-baselines.{experiment}.fashion-mnist.lenet5.adam."
+                           "variant-authors"])
+    assert view["name"] == f"NNrelief vs baselines: lenet5 / fashion-mnist / adam (variant=authors) ({experiment})"
+    state = json.loads(zlib.decompress(base64.b64decode(view["state"].removeprefix("deflate;"))))
+    assert "tags.sweep = 'variant=authors'" in state["searchFilter"]

@@ -2,12 +2,15 @@
 
 Builds a tiny study without training (fake run folders, ingested by `python -m pipeline.ingest` into SQLite), starts
 `mlflow server` on a free localhost port, and drives Debian's headless Chromium with Playwright (executable_path; never
-`playwright install`). Saves a screenshot of the runs list to the test's tmp folder and, when RELIEF_SCREENSHOT_DIR is
-set, there too. Needs Debian's `chromium` (scripts/install-browser.sh installs it); skips without it unless CI is set.
+`playwright install`). The link ingest prints lands on the runs table, whose Duration is the jobs' own (> 1 s); the
+comparison view shows accuracy and remaining % per pruner. Saves screenshots to the test's tmp folder and, when
+RELIEF_SCREENSHOT_DIR is set, there too. Needs Debian's `chromium` (scripts/install-browser.sh installs it); skips
+without it unless CI is set.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ingest import run_name
+from pipeline.ingest import COMPARISON_COLUMNS, UI, run_name, ui_link
 from pipeline.jobs import RUNTIME_VARIABLE
 from relief.checkpoints import write_json
 
@@ -33,6 +36,7 @@ PRUNERS = ("nnrelief", "magnitude")
 SERVER_START_S = 60
 UI_TIMEOUT_MS = 20_000
 FIRST_LOAD_MS = 45_000
+JOB_SECONDS = 95  # each fake job's own duration (its times.json): the UI shows 1.6min
 
 
 def _unavailable(reason: str):
@@ -55,12 +59,16 @@ def _fake_run(folder: Path, index: int, architecture: str, pruner: str) -> float
               "pruner": pruner, "seed": 0}
     write_json({"slice": {"pruner": pruner, "loop": {"num_iters": 2}}, "labels": labels, "device": "cpu",
                 "git_commit": "abc"}, folder / "config.json")
-    dense = {"test_accuracy_pct": 90.0, "val_accuracy_pct": 89.0, "parameters": {"remaining_pct_of_prunable": 100.0}}
+    dense = {"test_accuracy_pct": 90.0, "val_accuracy_pct": 89.0,
+             "parameters": {"remaining_pct_of_prunable": 100.0, "remaining_pct_of_all": 100.0}}
     iterations = [{"test_accuracy_before_retrain_pct": 70.0 + index + step,
-                   "test_accuracy_pct": 80.0 + index + 0.25 * step,
-                   "val_accuracy_pct": 79.0 + index, "parameters": {"remaining_pct_of_prunable": 50.0 / (step + 1)}}
+                   "test_accuracy_pct": 80.0 + index + 0.25 * step, "val_accuracy_pct": 79.0 + index,
+                   "parameters": {"remaining_pct_of_prunable": 50.0 / (step + 1),
+                                  "remaining_pct_of_all": 49.0 / (step + 1)}}
                   for step in range(2)]
     write_json({"dense": dense, "iterations": iterations}, folder / "metrics.json")
+    start = time.time() - 3600 + 120 * index
+    write_json({"start_time": start, "end_time": start + JOB_SECONDS}, folder / "times.json")
     return iterations[-1]["test_accuracy_pct"]
 
 
@@ -100,6 +108,28 @@ def _stop(server: subprocess.Popen) -> None:
 
 def _format(value: float) -> str:
     return f"{value:g}"  # how the UI prints 80.25, 81 etc.
+
+
+def _seconds(duration: str) -> float:
+    """A Duration cell of the runs table ("950ms", "12.3s", "1.6min", "2.0h") in seconds."""
+    match = re.fullmatch(r"([\d.]+)\s*(ms|s|min|h|d)", duration.strip())
+    assert match, f"unexpected duration {duration!r}"
+    return float(match[1]) * {"ms": 0.001, "s": 1, "min": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def _column(page, header: str):
+    """The cells of the runs table's column whose header is ``header``."""
+    head = page.locator(".ag-header-cell", has_text=header).first
+    head.wait_for()
+    return page.locator(f'.ag-center-cols-container .ag-cell[col-id="{head.get_attribute("col-id")}"]')
+
+
+def _screenshot(page, path: Path) -> None:
+    page.screenshot(path=str(path))
+    if os.environ.get("RELIEF_SCREENSHOT_DIR"):
+        target = Path(os.environ["RELIEF_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.name)
 
 
 def test_mlflow_ui_lists_every_run_with_its_metrics(tmp_path):
@@ -147,6 +177,7 @@ def test_mlflow_ui_lists_every_run_with_its_metrics(tmp_path):
                 str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=FLAGS,
                 viewport={"width": 1600, "height": 900})
             context.set_default_timeout(UI_TIMEOUT_MS)
+            expect.set_options(timeout=UI_TIMEOUT_MS)  # assertions wait as long as actions (a loaded machine)
             try:
                 page = context.new_page()
                 page.goto(f"{url}/#/experiments/{experiment_id}/runs")
@@ -169,20 +200,40 @@ def test_mlflow_ui_lists_every_run_with_its_metrics(tmp_path):
                 assert sorted(cells.all_inner_texts()) == sorted(_format(v) for v in expected.values())
 
                 # 4. Screenshot of the runs list, for a human to look at.
-                screenshot = tmp_path / "mlflow-runs.png"
-                page.screenshot(path=str(screenshot))
-                if os.environ.get("RELIEF_SCREENSHOT_DIR"):
-                    target = Path(os.environ["RELIEF_SCREENSHOT_DIR"])
-                    target.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(screenshot, target / screenshot.name)
+                _screenshot(page, tmp_path / "mlflow-runs.png")
 
                 # Each run's own page: its name, and test_accuracy_pct with that run's latest value.
                 for name, accuracy in expected.items():
                     page.goto(f"{url}/#/experiments/{experiment_id}/runs/{ids[name]['run_id']}")
-                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
+                    expect(page.get_by_text(name, exact=True).filter(visible=True).first).to_be_visible()
                     row = page.get_by_role("row").filter(has_text="test_accuracy_pct").filter(
                         has_not_text="before_retrain")
                     expect(row.first).to_contain_text(_format(accuracy))
+
+                # 5. The link ingest prints lands on the runs table, with every job's own duration.
+                page.goto(ui_link(experiment_id).replace(UI, url))
+                expect(page.get_by_text(f"{len(expected)} matching runs")).to_be_visible()
+                assert re.search(rf"#/experiments/{experiment_id}/runs\b", page.url), page.url
+                durations = _column(page, "Duration")
+                expect(durations).to_have_count(len(expected))
+                assert all(_seconds(text) > 1 for text in durations.all_inner_texts()), durations.all_inner_texts()
+                assert [round(_seconds(t)) for t in durations.all_inner_texts()] == [96] * len(expected)  # 1.6min
+                _screenshot(page, tmp_path / "mlflow-landing.png")
+
+                # 6. A comparison view: one group's pruning runs by pruner, accuracy and remaining % as columns.
+                view = ids[next(iter(expected))]["view"]
+                assert view == "nnrelief-vs-baselines.ui.fashion-mnist.lenet300-100.adam"
+                page.goto(ui_link(experiment_id, view).replace(UI, url))
+                expect(page.get_by_text(f"{len(PRUNERS)} matching runs")).to_be_visible()
+                _screenshot(page, tmp_path / "mlflow-comparison.png")
+                for name in COMPARISON_COLUMNS:
+                    expect(page.locator(".ag-header-cell", has_text=name).first).to_be_visible()
+                for pruner in PRUNERS:
+                    expect(page.get_by_text(f"Group: {pruner}", exact=True)).to_be_visible()
+                averages = _column(page, "test_accuracy_pct").all_inner_texts()  # a group's row: over its seeds
+                in_view = [v for n, v in expected.items() if n.endswith("lenet300-100 / fashion-mnist")]
+                assert sorted(t for t in averages if "average" in t) == sorted(f"{_format(v)} (average)"
+                                                                               for v in in_view)
             finally:
                 context.close()
     finally:

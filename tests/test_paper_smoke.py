@@ -82,7 +82,7 @@ def test_the_smoke_study_is_small_and_reads_stand_ins_apart_from_real_data(smoke
     paper = study("paper.yaml")
     written = yaml.safe_load((REPO / "configs" / "paper-smoke.yaml").read_text())["data"]["checksums"]
     assert written and smoke.data.root != paper.data.root  # a stand-in never lands where real data go
-    assert smoke.data.train_limit <= 64 and smoke.data.test_limit <= 64 and not smoke.time_inference
+    assert smoke.data.train_limit <= 64 and smoke.data.test_limit <= 64 and not smoke.timing.enabled
     for experiment in smoke.experiments.values():
         assert experiment.pretrain.epochs == experiment.retrain.epochs == 1
         assert experiment.loop.num_iters == 2 and experiment.loop.prune_set_size <= 32

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.ingest import EXPERIMENT_KIND, run_name
 from relief.data import DATASETS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,13 +76,44 @@ def test_every_output_and_mlflow_run_exists(tiny_study):
         assert run.info.status == "FINISHED"
         assert {"architecture", "dataset", "optimizer", "seed", "config_hash", "git_commit"} <= set(run.data.tags)
         assert run.data.tags["device"] == "cpu" and run.data.tags["device_name"]  # no index on a CPU
-        assert run.info.run_name.startswith("lenet300-100 / fashion-mnist / adam / ")
+        assert run.info.run_name == run_name(run.data.tags)  # "nnrelief / adam / seed 0 / lenet300-100 / ..."
     pruned = next(r for r in runs if r.data.tags["pruner"] == "nnrelief")
     history = client.get_metric_history(pruned.info.run_id, "remaining_pct_of_prunable")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(pruned.info.run_id)}
     assert {"metrics.json", "layers.json", "compact.pt", "inference.json"} <= artifacts
     assert pruned.data.metrics["inference_ms_compact_batch_256"] > 0
+
+
+def test_inference_is_timed_alone_after_every_job_and_before_ingest(tiny_study):
+    runs = tiny_study / "runs"
+    jobs = [json.loads(path.read_text()) for path in sorted(runs.glob("*/*/times.json"))]
+    assert len(jobs) == 3  # the dense job and both pruning jobs recorded their own times
+    timing = json.loads((runs / "inference.json").read_text())
+    assert sorted(timing["folders"].values()) in (["timed", "timed"], ["timed", "timed, noisy"],
+                                                  ["timed, noisy", "timed, noisy"])
+    assert timing["start_time"] >= max(job["end_time"] for job in jobs), "a job ran beside the timing"
+    assert (runs / "mlflow.json").stat().st_mtime >= timing["end_time"], "ingest ran before the timing ended"
+    assert timing["settings"]["threads"] == 1 and timing["settings"]["precision_pct"] == 5.0
+    for folder in runs.glob("prune/*"):
+        measured = json.loads((folder / "inference.json").read_text())
+        for size in ("1", "256"):
+            speedup = measured["batches"][size]["speedups"]["compact"]
+            assert speedup["samples"] >= 10 and isinstance(speedup["settled"], bool)
+            assert speedup["ci_low"] <= speedup["median"] <= speedup["ci_high"]
+
+
+def test_mlflow_opens_on_the_runs_with_the_jobs_own_times(tiny_study):
+    client, runs = mlflow_runs(tiny_study)
+    assert client.get_experiment_by_name("tiny").tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
+    for run in runs:
+        folder = tiny_study / "runs" / run.data.tags["kind"] / run.data.tags["config_hash"]
+        times = json.loads((folder / "times.json").read_text())
+        assert (run.info.start_time, run.info.end_time) == (round(1000 * times["start_time"]),
+                                                            round(1000 * times["end_time"]))
+        assert run.info.end_time - run.info.start_time > 1000, "a job of the tiny study takes seconds"
+        assert run.info.run_name.startswith(("dense / adam / seed 0", "nnrelief / adam / seed 0",
+                                             "magnitude / adam / seed 0"))
 
 
 def test_a_second_run_has_nothing_to_do_and_duplicates_nothing(tiny_study):

@@ -49,7 +49,7 @@ def snakemake(folder: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 STUDY = {
-    "study": "plugin", "seeds": [0], "device": "cpu",
+    "study": "plugin", "seeds": [0], "device": "cpu", "timing": {"max_seconds": 1.0},
     "pruners": ["nnrelief", {"name": "lamp", "class": "lamp:LAMP"}],
     "data": {"val_size": 12},
     "datasets": {"clothes": {"folder": "images", "image_size": [10, 12], "channels": 1, "mean": [0.5],
@@ -90,6 +90,14 @@ def test_a_plugin_on_own_images_in_target_mode_runs_through_snakemake_to_the_rep
     assert len(recorded["lamp"].data.params["plugin.source_sha256"]) == 64
     assert recorded["nnrelief"].data.params["targets.compression"] == "[2.0, 4.0]"
     assert 0 < recorded["nnrelief"].data.metrics["nnrelief_alpha_fc"] <= 1
+    for pruner in ("lamp", "nnrelief"):  # the timing stage covers plugins and target mode
+        timed = json.loads((runs[pruner] / "inference.json").read_text())
+        assert set(timed["batches"]) == {"1", "256"}
+        speedup = timed["batches"]["1"]["speedups"]["compact"]["median"]
+        assert recorded[pruner].data.metrics["speedup_batch_1"] == speedup
+    assert "speed-up" in (tmp_path / "results" / "tables" / "clothes_lenet300-100_adam.md").read_text()
+    assert "mlflow.sharedViewState.nnrelief-vs-baselines.own.clothes.lenet300-100.adam.compression-2-4" in (
+        experiment.tags)  # the saved comparison view of the targets' runs
 
     with (tmp_path / "lamp.py").open("a") as module:
         module.write("\n# edited: its jobs, and only they, are rerun\n")

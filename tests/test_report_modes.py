@@ -7,8 +7,12 @@ import csv
 import io
 import math
 
+import pytest
+from scipy import stats as scipy_stats
+
 from pipeline import report
 
+T_975_1 = 12.7062047  # Student's t, 97.5 % quantile, 1 degree of freedom (tables)
 TOTAL = 1000  # prunable weights+biases of the fake dense model (all its parameters)
 LAYERS = [{"layer": "fc1", "kind": "linear", "connections_total": 800, "connections_remaining": 800,
            "units_total": 20, "units_alive": 20},
@@ -49,13 +53,22 @@ def test_target_mode_puts_every_pruner_at_every_target(tmp_path):
     text = (tmp_path / "tables" / "fashion-mnist_lenet300-100_adam.targets.md").read_text()
     assert "| pruner | seeds | 2× (500 kept) | 4× (250 kept) |" in text
     std = math.sqrt(((89.5 - 89.3) ** 2 + (89.1 - 89.3) ** 2) / 1)
-    assert f"| nnrelief | 2 | 89.30 ± {std:.2f} | 87.50 ± 0.71 |" in text
-    assert "| magnitude | 2 | 88.50 ± 0.71 | 84.50 ± 0.71 |" in text
+    half = T_975_1 * std / math.sqrt(2)  # the 95 % Student-t interval's half width, 1 degree of freedom
+    assert (f"| nnrelief | 2 | 89.30 ± {std:.2f} [{89.3 - half:.2f}, {89.3 + half:.2f}] | "
+            "87.50 ± 0.71 [81.15, 93.85] |") in text
+    assert "| magnitude | 2 | 88.50 ± 0.71 [82.15, 94.85] | 84.50 ± 0.71 [78.15, 90.85] |" in text
+    # paired with NNrelief seed by seed: at 2x -0.5 and -1.1 (mean -0.80, std 0.42); at 4x -3.0 twice (no spread)
+    half = T_975_1 * math.sqrt(0.18) / math.sqrt(2)
+    p = scipy_stats.ttest_rel([89.0, 88.0], [89.5, 89.1]).pvalue  # one baseline: Holm leaves it as it is
+    assert (f"| magnitude | -0.80 [{-0.8 - half:.2f}, +{-0.8 + half:.2f}]; p {p:.3f} | -3.00 [-3.00, -3.00]; "
+            "p n/a (no spread) |") in text
     assert "within 0.40 % of the targets in every seed" in text  # seed 1 keeps 251 for 250: 1/250 = 0.4 %
     rows = list(csv.DictReader(io.StringIO(
         (tmp_path / "tables" / "fashion-mnist_lenet300-100_adam.targets.csv").read_text())))
     assert [(r["pruner"], r["iteration"], r["target_compression"]) for r in rows] == [
         ("nnrelief", "1", "2.0"), ("nnrelief", "2", "4.0"), ("magnitude", "1", "2.0"), ("magnitude", "2", "4.0")]
+    assert (rows[2]["vs_nnrelief_pairs"], rows[2]["vs_nnrelief_pct"], rows[2]["significant"]) == ("2", "-0.8", "False")
+    assert float(rows[2]["t_test_p_holm"]) == pytest.approx(p, rel=1e-3) and rows[3]["t_test_p"] == ""
     assert "Target mode (compression 2, 4)" in (tmp_path / "tables" / "fashion-mnist_lenet300-100_adam.md").read_text()
     figure = tmp_path / "figures" / "fashion-mnist_lenet300-100_adam_accuracy_at_targets.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,6 +80,9 @@ def test_a_sweep_has_a_table_per_point_and_one_across_the_sweep(tmp_path):
                                                      ("alpha_fc=0.99", [700, 500], [89.9, 89.8], [89.9, 89.7])):
         runs += [fake_run("nnrelief", 0, kept, nnrelief_acc, sweep=sweep),
                  fake_run("magnitude", 0, kept, magnitude_acc, sweep=sweep)]
+    for seed, nnrelief_acc, magnitude_acc in ((1, 89.0, 85.0), (2, 89.4, 86.5)):  # alpha_fc=0.9 has 3 seeds
+        runs += [fake_run("nnrelief", seed, [300, 100], [89.6, nnrelief_acc], sweep="alpha_fc=0.9"),
+                 fake_run("magnitude", seed, [300, 100], [89.0, magnitude_acc], sweep="alpha_fc=0.9")]
     report.write_report(runs, 1.0, tmp_path)
     tables = tmp_path / "tables"
     assert (tables / "fashion-mnist_lenet300-100_adam_alpha_fc-0.9.md").exists()
@@ -75,8 +91,21 @@ def test_a_sweep_has_a_table_per_point_and_one_across_the_sweep(tmp_path):
     sweep = (tables / "fashion-mnist_lenet300-100_adam_sweep.md").read_text()
     lines = [line for line in sweep.splitlines() if line.startswith("| alpha_fc")]
     # each point at its own comparison iteration: the last within 1 point of the dense 90.00 (both: iteration 2)
-    assert lines == ["| alpha_fc=0.99 | 2 | 50.00 | 2.00 | 90.00 | 89.80 | 89.70 |",
-                     "| alpha_fc=0.9 | 2 | 10.00 | 10.00 | 90.00 | 89.20 | 86.00 |"]
+    # alpha_fc=0.9, 3 seeds: NNrelief 89.2, 89.0, 89.4 (mean 89.20, std 0.20), magnitude 86.0, 85.0, 86.5 (mean
+    # 85.83, std 0.76); 95 % interval: mean ± 4.3027 x std / sqrt(3); magnitude paired with NNrelief: scipy's t-test
+    p = scipy_stats.ttest_rel([86.0, 85.0, 86.5], [89.2, 89.0, 89.4]).pvalue
+    assert p < 0.05
+    assert lines == ["| alpha_fc=0.99 | 2 | 50.00 | 2.00 | 90.00 | 89.80 (1 seed, no interval) | "
+                     "89.70 (1 seed, no interval) |",
+                     f"| alpha_fc=0.9 | 2 | 10.00 | 10.00 | 90.00 | 89.20 ± 0.20 [88.70, 89.70] | "
+                     f"85.83 ± 0.76 [83.94, 87.73]; p {p:.3f} * |"]
+    text = (tables / "fashion-mnist_lenet300-100_adam_sweep.csv").read_text()
+    rows = {row["sweep"]: row for row in csv.DictReader(io.StringIO(text))}
+    assert (rows["alpha_fc=0.9"]["magnitude_seeds"], rows["alpha_fc=0.9"]["magnitude_accuracy_ci95_low_pct"]) == (
+        "3", "83.94")
+    assert rows["alpha_fc=0.9"]["magnitude_vs_nnrelief_pct"] == str(round((-3.2 - 4.0 - 2.9) / 3, 2))
+    assert float(rows["alpha_fc=0.9"]["magnitude_t_test_p_holm"]) == pytest.approx(p, rel=1e-3)
+    assert rows["alpha_fc=0.99"]["magnitude_t_test_p_holm"] == ""  # one seed: no test
     summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
     assert {row["sweep"] for row in summary} == {"alpha_fc=0.9", "alpha_fc=0.99"}
     assert (tmp_path / "figures" / "fashion-mnist_lenet300-100_adam_sweep.png").exists()
