@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from relief.data import DATASETS
 from relief.loop import REWINDS
-from relief.models import MODEL_NAMES
+from relief.models import check_architecture
 from relief.nnrelief import RULES
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
@@ -19,7 +19,7 @@ Positive = Annotated[int, Field(ge=1)]
 Text = Annotated[str, Field(min_length=1)]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in file names and MLflow
 DatasetName = Literal[tuple(sorted(DATASETS))]
-Architecture = Literal[MODEL_NAMES]
+Architecture = Annotated[str, AfterValidator(check_architecture)]  # the paper's models, or torchvision:<name>
 PrunerName = Literal[tuple(PRUNERS)]
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import fx, nn
 
-from relief.graph import EXTERNAL, LayerGraph, trace
+from relief.graph import EXTERNAL, Layer, LayerGraph, trace
 from relief.masks import Masks, masks_of, temporarily_masked
 from relief.scores import CONV_NORMS, ScoreAccumulator
 
@@ -119,27 +119,32 @@ def clean_up(graph: LayerGraph, masks: Masks) -> None:
     incoming connections and its bias are all pruned; BatchNorm channels fed only by removed units are masked.
     Units whose signal reaches the model output (the output layer's) are never removed.
     """
-    consumers = graph.consumers()
+    readers = graph.readers()
+    read_through: dict = {}  # unit -> the source sets holding it
+    for sources in readers:
+        for unit in sources:
+            read_through.setdefault(unit, []).append(sources)
     changed = True
     while changed:
         changed = False
         alive = _alive_units(graph, masks)
-        for layer, sources in graph.columns.items():
-            weight = masks[f"{layer}.weight"]
-            live_columns = weight.transpose(0, 1).flatten(1).any(dim=1).tolist()
-            dead = [i for i, units in enumerate(sources) if live_columns[i] and not _any_alive(units, alive)]
+        fed = {sources: _any_alive(sources, alive) for sources in readers}
+        for name, sources in graph.columns.items():
+            layer, weight = graph.layers[name], masks[graph.layers[name].weight_key]
+            live_inputs = layer.live_inputs(weight)
+            dead = [i for i, units in enumerate(sources) if live_inputs[i] and not fed[units]]
             if dead:
-                weight[:, dead] = False
+                layer.prune_inputs(weight, dead)
                 changed = True
-        live_columns = {
-            layer: masks[f"{layer}.weight"].transpose(0, 1).flatten(1).any(dim=1).tolist() for layer in graph.columns
-        }
-        for layer, module in graph.layers.items():
-            for unit, unit_alive in enumerate(alive[layer]):
-                if not unit_alive or (layer, unit) in graph.outputs:
+        live_inputs = {name: graph.layers[name].live_inputs(masks[graph.layers[name].weight_key])
+                       for name in graph.columns}
+        read = {sources: any(live_inputs[name][i] for name, i in pairs) for sources, pairs in readers.items()}
+        for name, layer in graph.layers.items():
+            for unit, unit_alive in enumerate(alive[name]):
+                if not unit_alive or (name, unit) in graph.outputs:
                     continue
-                if not any(live_columns[c][i] for c, i in consumers.get((layer, unit), ())):
-                    _remove_unit(masks, layer, module, unit)
+                if not any(read[sources] for sources in read_through.get((name, unit), ())):
+                    _remove_unit(masks, layer, unit)
                     changed = True
     alive = _alive_units(graph, masks)
     for name, sources in graph.batchnorms.items():
@@ -155,12 +160,12 @@ def _select(graph, recorder, alpha_conv, alpha_fc, rule, previous) -> Masks:
         scores = recorder.accumulators[name].scores()
         if layer.bias is None:
             scores = scores[:, :-1]
-        keep = keep_mask(scores, alpha_conv if isinstance(layer, nn.Conv2d) else alpha_fc, rule)
+        keep = keep_mask(scores, alpha_conv if layer.is_conv else alpha_fc, rule)
         weight = layer.weight
         weight_keep = keep[:, : weight.shape[1]].reshape(*keep.shape[:1], weight.shape[1], *[1] * (weight.dim() - 2))
-        result[f"{name}.weight"] = weight_keep.expand_as(weight).clone()
+        result[layer.weight_key] = weight_keep.expand_as(weight).clone()
         if layer.bias is not None:
-            result[f"{name}.bias"] = keep[:, -1].clone()
+            result[layer.bias_key] = keep[:, -1].clone()
     for name in graph.batchnorms:
         module = graph.traced.get_submodule(name)
         if module.affine:
@@ -175,33 +180,33 @@ def _select(graph, recorder, alpha_conv, alpha_fc, rule, previous) -> Masks:
 def _residual_rule(graph, recorder, alpha_conv, alpha_fc, masks) -> None:
     """At each addition, channel k of an operand whose strength is below (1-alpha)/alpha of the other's is pruned."""
     for addition in graph.residual_adds:
-        if len(addition.operands) != 2:
+        if len(addition.operands) != 2 or not recorder.same_shapes(addition.node):
             continue
-        strengths = [recorder.strength(addition.node, i) for i in range(2)]
         for i, producer in enumerate(addition.producers):
             if producer is None:  # a parameter-free path (identity, padding): nothing to mask
                 continue
-            layer = graph.layers[producer]
-            alpha = alpha_conv if isinstance(layer, nn.Conv2d) else alpha_fc
+            axis = addition.axes[i]
+            strengths = [recorder.strength(addition.node, k, axis) for k in range(2)]
+            alpha = alpha_conv if graph.layers[producer].is_conv else alpha_fc
             weak = alpha * strengths[i] < (1 - alpha) * strengths[1 - i]
             for channel in weak.nonzero().flatten().tolist():
                 for unit_layer, unit in addition.channels[i][channel]:
-                    _remove_unit(masks, unit_layer, graph.layers[unit_layer], unit)
+                    _remove_unit(masks, graph.layers[unit_layer], unit)
 
 
-def _remove_unit(masks: Masks, layer: str, module: nn.Module, unit: int) -> None:
-    masks[f"{layer}.weight"][unit] = False
-    if module.bias is not None:
-        masks[f"{layer}.bias"][unit] = False
+def _remove_unit(masks: Masks, layer: Layer, unit: int) -> None:
+    masks[layer.weight_key][unit] = False
+    if layer.bias is not None:
+        masks[layer.bias_key][unit] = False
 
 
 def _alive_units(graph: LayerGraph, masks: Masks) -> dict[str, list[bool]]:
     alive = {}
-    for layer, module in graph.layers.items():
-        rows = masks[f"{layer}.weight"].flatten(1).any(dim=1)
-        if module.bias is not None:
-            rows = rows | masks[f"{layer}.bias"]
-        alive[layer] = rows.tolist()
+    for name, layer in graph.layers.items():
+        rows = masks[layer.weight_key].flatten(1).any(dim=1)
+        if layer.bias is not None:
+            rows = rows | masks[layer.bias_key]
+        alive[name] = rows.tolist()
     return alive
 
 
@@ -214,15 +219,18 @@ class _PassRecorder(fx.Interpreter):
 
     def __init__(self, graph: LayerGraph, conv_norm: str):
         super().__init__(graph.traced)
-        self.accumulators = {name: ScoreAccumulator(layer, conv_norm) for name, layer in graph.layers.items()}
+        self.accumulators = {name: ScoreAccumulator(layer.scored, conv_norm) for name, layer in graph.layers.items()}
+        self.taps = graph.taps
         nodes = {node.name: node for node in graph.traced.graph.nodes}
         self.additions = {a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds}
         self.sums: dict[str, list[torch.Tensor]] = {}
         self.counts: dict[str, int] = {}
 
     def run_node(self, node: fx.Node):
-        if node.op == "call_module" and node.target in self.accumulators:
-            self.accumulators[node.target].add(self.env[node.args[0]])
+        if node.name in self.taps:
+            args, kwargs = self.fetch_args_kwargs_from_env(node)
+            for layer, tap in self.taps[node.name]:
+                self.accumulators[layer].add(tap(args, kwargs))
         elif node.name in self.additions:
             operands = [self.env[n] for n in self.additions[node.name]]
             sums = [x.abs().sum(0, dtype=torch.float64) for x in operands]
@@ -232,9 +240,13 @@ class _PassRecorder(fx.Interpreter):
             self.counts[node.name] = self.counts.get(node.name, 0) + operands[0].shape[0]
         return super().run_node(node)
 
-    def strength(self, addition: str, operand: int) -> torch.Tensor:
-        """Per channel, the Frobenius norm over positions of the operand's mean absolute value."""
-        mean = self.sums[addition][operand] / self.counts[addition]
+    def same_shapes(self, addition: str) -> bool:
+        return len({tuple(s.shape) for s in self.sums[addition]}) == 1
+
+    def strength(self, addition: str, operand: int, axis: int) -> torch.Tensor:
+        """Per channel along ``axis`` (of the batched tensor), the Frobenius norm over the other axes of the
+        operand's mean absolute value."""
+        mean = (self.sums[addition][operand] / self.counts[addition]).movedim(axis - 1, 0)
         return mean.flatten(1).norm(dim=1) if mean.dim() > 1 else mean
 
 

@@ -128,7 +128,11 @@ BAD_VALUE = {  # values of the right type that are out of range or not allowed, 
     Report: {"accuracy_tolerance_pct": [Bad(-0.5, GE0), Bad(math.inf, FINITE), Bad(math.nan, FINITE)]},
     Experiment: {
         "dataset": [Bad("imagenet", one_of(sorted(DATASETS)))],
-        "architectures": [Bad([], NO_ITEMS), Bad(["lenet5", "alexnet"], one_of(MODEL_NAMES))],
+        "architectures": [
+            Bad([], NO_ITEMS),
+            Bad(["lenet5", "alexnet"], f"known models: {', '.join(MODEL_NAMES)}, or torchvision:<name>"),
+            Bad(["torchvision:resnet"], "unknown torchvision model 'resnet'"),
+        ],
         "optimizers": [Bad({}, NO_ITEMS), Bad({"rmsprop": {"lr": 0.1}}, "'adam' or 'sgd'")],
         "gpus": [Bad(-1, GE0)],
         "precision": [Bad("fp16", one_of(PRECISIONS))],
