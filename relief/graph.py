@@ -529,7 +529,8 @@ def _move(step: Step):
     if step.module is not None:
         return step.module(*args, **kwargs)
     if step.node.op == "call_method":
-        return getattr(args[0], target)(*args[1:], **kwargs)
+        method = "reshape" if target == "view" else target  # the ids may be laid out differently from the data
+        return getattr(args[0], method)(*args[1:], **kwargs)
     return target(*args, **kwargs)
 
 
@@ -888,7 +889,7 @@ RULES: dict[Any, Rule] = {
     F.pad: Rule(_pad, _whole_channels),
     swin_transformer.shifted_window_attention: Rule(_window_attention, False),
     # methods
-    **dict.fromkeys(("relu", "contiguous", "clone"), SAME),
+    "relu": SAME,
     "sigmoid": Rule(_nonzero),
     **dict.fromkeys(("add", "add_", "sub"), Rule(_add, _compactable_sum)),
     "mul": Rule(_product("product"), _compactable_product),
@@ -897,7 +898,9 @@ RULES: dict[Any, Rule] = {
     "softmax": Rule(_softmax, False),
     **dict.fromkeys(("mean", "sum", "amax"), Rule(_reduction)),
     **dict.fromkeys(
-        ("view", "reshape", "flatten", "chunk", "split", "unbind", "expand", "unsqueeze", "squeeze", "roll"), MOVE
+        ("view", "reshape", "flatten", "chunk", "split", "unbind", "expand", "unsqueeze", "squeeze", "roll",
+         "contiguous", "clone"),
+        MOVE,
     ),
     **dict.fromkeys(("permute", "transpose", "swapaxes", "movedim"), Rule(_axes_move, _whole_channels)),
 }
