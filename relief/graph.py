@@ -256,8 +256,10 @@ class _SourceTable:
     def combine(self, how: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Entry by entry (broadcasting), the ids of the union / product / quotient of two tensors' sources."""
         a, b = torch.broadcast_tensors(a, b)
-        if how == "union" and torch.equal(a, b):
+        if how == "union" and (torch.equal(a, b) or bool((b == EMPTY_ID).all())):
             return a
+        if how == "union" and bool((a == EMPTY_ID).all()):
+            return b
         pairs = torch.stack([a.reshape(-1), b.reshape(-1)])
         unique, inverse = torch.unique(pairs, dim=1, return_inverse=True)
         combined = torch.tensor([self._pair(how, x, y) for x, y in unique.t().tolist()], dtype=torch.long)
@@ -559,18 +561,26 @@ def _pad(step: Step) -> torch.Tensor:
     return F.pad(step.first(), list(step.arg(1, "pad")), value=EMPTY_ID if value == 0 else EXTERNAL_ID)
 
 
+def _operand_ids(step: Step, arg) -> torch.Tensor | None:
+    """The source ids of an operand: its own for a tensor, EXTERNAL for a non-zero number, None for zero."""
+    ids = step.ids_of(arg)
+    if isinstance(ids, torch.Tensor):
+        return ids
+    value = step.value(arg)
+    return None if isinstance(value, (int, float)) and value == 0 else torch.tensor(EXTERNAL_ID)
+
+
 def _add(step: Step) -> torch.Tensor:
-    """A sum: the union of the operands' sources (a non-zero constant adds EXTERNAL)."""
-    table = step.table
-    operands = [a for a in step.node.args if isinstance(a, fx.Node) and isinstance(step.ids_of(a), torch.Tensor)]
-    ids = step.ids_of(operands[0]).expand(step.result.shape)
-    for operand in operands[1:]:
-        ids = table.combine("union", ids, step.ids_of(operand))
-    if any(not isinstance(a, fx.Node) and a not in (0, None) for a in step.node.args[:2]):
-        ids = table.with_external(ids)
+    """A sum: the union of the operands' sources (a non-zero number adds EXTERNAL)."""
+    operands = [a for a in step.node.args[:2] if isinstance(step.ids_of(a), torch.Tensor)]
+    ids = torch.tensor(EMPTY_ID)
+    for arg in step.node.args[:2]:
+        operand = _operand_ids(step, arg)
+        if operand is not None:
+            ids = step.table.combine("union", ids, operand)
     if len(operands) == 1:
         step.keep_producer(operands[0])
-    elif len(operands) >= 2 and any(op in step.tracer.producer for op in operands):
+    elif len(operands) == 2 and any(op in step.tracer.producer for op in operands):
         _record_addition(step, operands)
     return ids.expand(step.result.shape)
 
@@ -595,12 +605,11 @@ def _record_addition(step: Step, operands: list[fx.Node]) -> None:
 def _product(how: str):
     def follow(step: Step) -> torch.Tensor:
         """mul (zero where any factor is) or div (zero where the numerator is)."""
-        operands = [a for a in step.node.args[:2] if isinstance(a, fx.Node) and a in step.tracer.ids]
-        numerator = step.node.args[0]
-        ids = step.ids_of(numerator) if isinstance(numerator, fx.Node) else torch.tensor(EXTERNAL_ID)
-        for operand in step.node.args[1:2]:
-            other = step.ids_of(operand) if isinstance(operand, fx.Node) else torch.tensor(EXTERNAL_ID)
-            ids = step.table.combine(how, ids, other)
+        factors = [_operand_ids(step, arg) for arg in step.node.args[:2]]
+        if factors[0] is None:
+            return torch.tensor(EMPTY_ID).expand(step.result.shape)
+        ids = step.table.combine(how, factors[0], factors[1] if factors[1] is not None else torch.tensor(EMPTY_ID))
+        operands = [a for a in step.node.args[:2] if isinstance(step.ids_of(a), torch.Tensor)]
         computed = [a for a in operands if a not in step.tracer.constant]
         if len(computed) == 1:
             step.keep_producer(computed[0])

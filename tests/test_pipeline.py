@@ -80,6 +80,24 @@ def test_every_output_and_mlflow_run_exists(tiny_study):
     assert pruned.data.metrics["inference_ms_compact_batch_256"] > 0
 
 
+def test_a_torchvision_architecture_runs_through_the_pipeline(tmp_path):
+    import torchvision
+
+    snakemake(tmp_path, config=REPO / "tests" / "studies" / "torchvision.yaml")
+    client, runs = mlflow_runs(tmp_path, "torchvision")
+    assert sorted(r.data.tags["pruner"] for r in runs) == ["nnrelief", "none"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["architecture"] == "torchvision:mobilenet_v3_small"
+    (pruned,) = (tmp_path / "runs" / "prune").iterdir()
+    config = json.loads((pruned / "config.json").read_text())
+    assert config["packages"]["torchvision"] == torchvision.__version__
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert 0 < metrics["iterations"][-1]["parameters"]["remaining_pct_of_prunable"] < 100
+    assert (pruned / "compact.pt").exists()
+    assert "torchvision:mobilenet_v3_small" in (tmp_path / "results" / "summary.md").read_text()
+
+
 def test_a_second_run_has_nothing_to_do_and_duplicates_nothing(tiny_study):
     result = snakemake(tiny_study)
     assert "Nothing to be done" in result.stdout + result.stderr
