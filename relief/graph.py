@@ -256,18 +256,25 @@ class _SourceTable:
     def combine(self, how: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Entry by entry (broadcasting), the ids of the union / product / quotient of two tensors' sources."""
         a, b = torch.broadcast_tensors(a, b)
+        shape = a.shape
+        for axis in range(a.dim()):  # work on one entry along every axis where both are constant
+            if _constant_along(a, axis) and _constant_along(b, axis):
+                a, b = a.narrow(axis, 0, 1), b.narrow(axis, 0, 1)
         if how == "union" and (torch.equal(a, b) or bool((b == EMPTY_ID).all())):
-            return a
+            return a.expand(shape)
         if how == "union" and bool((a == EMPTY_ID).all()):
-            return b
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)])
-        unique, inverse = torch.unique(pairs, dim=1, return_inverse=True)
-        combined = torch.tensor([self._pair(how, x, y) for x, y in unique.t().tolist()], dtype=torch.long)
-        return combined[inverse].reshape(a.shape)
+            return b.expand(shape)
+        base = len(self.sets)
+        unique, inverse = torch.unique(a.reshape(-1) * base + b.reshape(-1), return_inverse=True)
+        combined = torch.tensor([self._pair(how, *divmod(pair, base)) for pair in unique.tolist()], dtype=torch.long)
+        return combined[inverse].reshape(a.shape).expand(shape)
 
     def reduce(self, ids: torch.Tensor, dims, keepdim: bool = False) -> torch.Tensor:
         """The union of the sources over ``dims``."""
         dims = sorted({d % ids.dim() for d in dims}) if ids.dim() else []
+        for axis in dims:  # the union over an axis along which the ids are constant is one entry's
+            if _constant_along(ids, axis):
+                ids = ids.narrow(axis, 0, 1)
         kept = [d for d in range(ids.dim()) if d not in dims]
         shape = [ids.shape[d] for d in kept]
         rows = ids.permute(*kept, *dims).reshape(math.prod(shape), -1)
@@ -296,6 +303,12 @@ class _SourceTable:
 
     def unit_ids(self, layer: str, count: int) -> torch.Tensor:
         return torch.tensor([self.intern({(layer, j)}) for j in range(count)], dtype=torch.long)
+
+
+def _constant_along(ids: torch.Tensor, axis: int) -> bool:
+    if ids.shape[axis] <= 1 or ids.stride(axis) == 0:
+        return True
+    return bool((ids == ids.narrow(axis, 0, 1)).all())
 
 
 def _constant(value: Any):
