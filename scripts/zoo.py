@@ -118,6 +118,7 @@ def check(name: str, images: int = 8, norms=NORMS) -> dict:
             "compact_params_pct": 100 * sum(p.numel() for p in small.parameters()) / dense_params,
             "masked_finite": bool(torch.isfinite(expected).all()), "relative_error": error,
         }
+    result["load_average"] = os.getloadavg()[0]  # of the machine, at the end: other work slows every timing
     return result
 
 
@@ -166,27 +167,29 @@ def _save(results: dict, machine: str) -> None:
 def table(document: dict) -> str:
     lines = [
         f"{document['machine']}; torch {document['torch']}, torchvision {document['torchvision']}; "
-        f"{len(document['models'])} models. Pass / forward: one NNrelief pass over the N images against one forward "
-        "pass of them. Kept: remaining weights and biases of the prunable layers, % of all. Compact: parameters of the "
-        "compacted model, % of the dense model's (all parameters). Checks: finite masked output, compact output "
-        f"within {RELATIVE_TOLERANCE:g} (relative), compact parameters <= dense.",
+        f"{len(document['models'])} models; load average: the machine's (1 minute) when the model finished (other "
+        "work on the machine slows both timings). Pass / forward: one NNrelief pass over the N images against one "
+        "forward pass of them. Kept: remaining weights and biases of the prunable layers, % of all. Compact: "
+        "parameters of the compacted model, % of the dense model's (all parameters). Checks: finite masked output, "
+        f"compact output within {RELATIVE_TOLERANCE:g} (relative), compact parameters <= dense.",
         "",
         "| model | input | N | forward s | `fro` pass / forward | `fro` kept % | `fro` compact % | `fro-mean` pass / "
-        "forward | `fro-mean` kept % | `fro-mean` compact % | checks |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "forward | `fro-mean` kept % | `fro-mean` compact % | load average | checks |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for result in document["models"]:
         shape = "x".join(str(v) for v in result["input"])
         if "refused" in result:
-            lines.append(f"| {result['model']} | {shape} | | | | | | | | | refused: {result['refused']} |")
+            lines.append(f"| {result['model']} | {shape} | | | | | | | | | | refused: {result['refused']} |")
             continue
         cells = []
         for norm in NORMS:
             run = result["norms"][norm]
             cells += [f"{run['pass_over_forward']:.1f}", f"{run['kept_pct']:.1f}", f"{run['compact_params_pct']:.1f}"]
         failed = problems(result)
+        load = f"{result['load_average']:.1f}" if "load_average" in result else ""
         lines.append(f"| {result['model']} | {shape} | {result['images']} | {result['forward_s']:.3f} | "
-                     + " | ".join(cells) + f" | {'; '.join(failed) if failed else 'pass'} |")
+                     + " | ".join(cells) + f" | {load} | {'; '.join(failed) if failed else 'pass'} |")
     return "\n".join(lines)
 
 
@@ -245,7 +248,7 @@ def main() -> None:
             result = results[name]
             print(result.get("refused") or "; ".join(problems(result)) or "pass",
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-            _save(results, f"{machine}, load average {os.getloadavg()[0]:.1f} at the last model")
+            _save(results, machine)
     _write_table()
 
 
