@@ -316,8 +316,7 @@ def _constant(value: Any):
     if isinstance(value, torch.Tensor):
         return torch.tensor(EXTERNAL_ID).expand(value.shape)
     if isinstance(value, (tuple, list)):
-        return type(value)(_constant(v) for v in value) if not hasattr(value, "_fields") else tuple(
-            _constant(v) for v in value)
+        return tuple(_constant(v) for v in value)
     return None
 
 
@@ -554,7 +553,7 @@ def _axes_move(step: Step):
     rank = step.first().dim()
     name = getattr(step.node.target, "__name__", step.node.target)
     if name == "permute":
-        dims = step.node.args[1:] if len(step.node.args) > 2 else step.arg(1, "dims")
+        dims = step.value(step.node.args[1:]) if len(step.node.args) > 2 else step.arg(1, "dims")
         moves_batch = dims[0] % rank != 0
     elif name == "movedim":
         ends = [step.arg(1, "source"), step.arg(2, "destination")]
