@@ -3,9 +3,10 @@
     from relief import nnrelief
     masks = nnrelief.prune(model, pruning_images, alpha_conv=0.9, alpha_fc=0.95)
 
-A pass scores every Linear and Conv2d layer from one forward pass of the model as it stands, keeps for every unit
-the smallest set of incoming connections carrying a fraction alpha of its incoming signal, applies the residual rule
-at every addition, and then removes units left without inputs or without outputs until nothing changes.
+A pass scores every prunable layer (Linear, Conv2d, and the packed in-projection of a MultiheadAttention; see
+relief.graph) from one forward pass of the model as it stands, keeps for every unit the smallest set of incoming
+connections carrying a fraction alpha of its incoming signal, applies the residual rule at every addition, and then
+removes units left without inputs or without outputs until nothing changes.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def connection_scores(layer: nn.Module, inputs, conv_norm: str = "fro") -> torch
     Returns a float64 tensor of shape ``(out, in + 1)``: one score per connection (per kernel for a conv), the last
     column for the bias (0 without one). Each row sums to 1, or is all zeros when the unit receives no signal.
 
-    Linear: ``c_ij = mean_n |w_ji x_ni|``, ``c_bias = |b_j|``. Conv2d, with ``K = |kernel|`` and ``*`` the layer's own
+    Linear: ``c_ij = mean_n |w_ji x_ni|``, ``c_bias = |b_j|``; on inputs ``(N, ..., in)`` (tokens, channels-last
+    maps) the mean runs over the samples and the positions. Conv2d, with ``K = |kernel|`` and ``*`` the layer's own
     convolution over ``H x W`` output positions: ``"fro"`` (the paper) ``c_ij = mean_n ||K_ij * |x_ni| ||_F`` and
     ``c_bias = |b_j| sqrt(HW)``; ``"fro-mean"`` ``c_ij = ||K_ij * mean_n |x_ni| ||_F``, same bias; ``"l1"``
-    ``c_ij = sum(K_ij * mean_n |x_ni|)`` and ``c_bias = |b_j| HW`` (the last two are the authors' code).
+    ``c_ij = sum(K_ij * mean_n |x_ni|)`` and ``c_bias = |b_j| HW`` (the last two are the authors' code). A grouped
+    (or depthwise) conv gives ``(out, in / groups + 1)``: column i of filter j is its kernel on the i-th input channel
+    of its own group.
     """
     accumulator = ScoreAccumulator(layer, conv_norm)
     for batch in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
@@ -83,8 +87,9 @@ def prune(
     by default, from the masks applied to ``model``. The model itself is not changed.
 
     Keys are tensor names as in ``named_parameters()`` of the unmasked model: ``<layer>.weight`` and ``<layer>.bias``
-    for every Linear and Conv2d (conv masks are constant over each kernel), and for every affine BatchNorm, whose
-    channel is masked when every unit feeding it has been removed.
+    for every Linear and Conv2d (conv masks are constant over each kernel), ``<attention>.in_proj_weight`` and
+    ``<attention>.in_proj_bias`` for every MultiheadAttention, and the weight and bias of every affine BatchNorm,
+    whose channel is masked when every unit feeding it has been removed.
     """
     _check_alpha("alpha_conv", alpha_conv)
     _check_alpha("alpha_fc", alpha_fc)
