@@ -1,8 +1,12 @@
 """NNrelief on every classification model of torchvision: one pass with "fro" and one with "fro-mean", then compact.
 
 For each model of ``torchvision.models.list_models(module=torchvision.models)``, built by relief as
-``torchvision:<name>`` with 10 classes and its smallest valid square input (``SMALLEST_INPUT``), on N seeded random
-images (torch.rand, seed 0), in eval mode:
+``torchvision:<name>`` with 10 classes, on N seeded random images (torch.rand, seed 0), in eval mode. The input is
+the model's smallest valid square input (``SMALLEST_INPUT``) but at least 32 x 32 and, for a ViT, 2 x 2 patches:
+most CNNs run down to 1 x 1, where an untrained network's signal vanishes within a few layers and one pass removes
+everything, which tests nothing. The weights are torchvision's initialisation, except that a layer initialised to all
+zeros (ViT's classification head) gets PyTorch's default initialisation: with an all-zero output layer one pass
+removes everything too.
 
 - forward: one forward pass of the N images (seconds, median of 3);
 - pass: ``nnrelief.prune(model, images, conv_norm=norm)`` with the default alphas (seconds, one run), and pass /
@@ -66,8 +70,24 @@ FAMILIES = {
 }
 
 
+MINIMUM_INPUT = 32
+
+
 def smallest_input(name: str) -> int:
     return SMALLEST_INPUT.get(name, SMALLEST_DEFAULT)
+
+
+def input_size(name: str) -> int:
+    """The side of the square input the zoo uses: the smallest valid one, but at least 32 and 2 x 2 ViT patches."""
+    if name.startswith("vit_"):
+        return max(2 * smallest_input(name), MINIMUM_INPUT // smallest_input(name) * smallest_input(name))
+    return max(smallest_input(name), MINIMUM_INPUT)
+
+
+def _initialise_zero_layers(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not module.weight.any():
+            module.reset_parameters()
 
 
 def _seconds(fn) -> float:
@@ -83,9 +103,10 @@ def check(name: str, images: int = 8, norms=NORMS) -> dict:
     from relief.graph import prunable_keys
     from relief.masks import apply_masks
 
-    size = smallest_input(name)
+    size = input_size(name)
     torch.manual_seed(0)
     model = models.build(f"torchvision:{name}", 10, (3, size, size)).eval()
+    _initialise_zero_layers(model)
     x = torch.rand(images, 3, size, size)
 
     def forward():
@@ -96,7 +117,8 @@ def check(name: str, images: int = 8, norms=NORMS) -> dict:
     forward_s = statistics.median(_seconds(forward) for _ in range(3))
     dense_params = sum(p.numel() for p in model.parameters())
     prunable = prunable_keys(model)
-    result = {"model": name, "input": [3, size, size], "images": images, "forward_s": forward_s,
+    result = {"model": name, "input": [3, size, size], "smallest": smallest_input(name), "images": images,
+              "forward_s": forward_s,
               "dense_params": dense_params, "norms": {}}
     for norm in norms:
         start = time.perf_counter()
@@ -111,7 +133,8 @@ def check(name: str, images: int = 8, norms=NORMS) -> dict:
         with torch.no_grad():
             got = small(x)
         kept = sum(int(masks[k].sum()) for k in prunable) / sum(masks[k].numel() for k in prunable)
-        error = ((got - expected).abs().max() / expected.abs().max()).item()
+        difference, scale = (got - expected).abs().max().item(), expected.abs().max().item()
+        error = difference / scale if scale > 0 else (0.0 if difference == 0 else float("inf"))
         result["norms"][norm] = {
             "pass_s": pass_s, "pass_over_forward": pass_s / forward_s, "compact_s": compact_s,
             "kept_pct": 100 * kept, "compact_params": sum(p.numel() for p in small.parameters()),
@@ -142,11 +165,11 @@ def _run_one(name: str, images: int, cap: float) -> dict:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=cap, env=environment)
     except subprocess.TimeoutExpired:
-        return {"model": name, "input": [3, smallest_input(name), smallest_input(name)],
+        return {"model": name, "input": [3, input_size(name), input_size(name)], "smallest": smallest_input(name),
                 "refused": f"not run to the end: over the time cap of {cap:.0f} s"}
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {"model": name, "input": [3, smallest_input(name), smallest_input(name)],
+        return {"model": name, "input": [3, input_size(name), input_size(name)], "smallest": smallest_input(name),
                 "refused": lines[-1] if lines else f"exit status {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -166,6 +189,7 @@ def _save(results: dict, machine: str) -> None:
 
 def table(document: dict) -> str:
     lines = [
+        "Smallest input: the side of the smallest square input the model runs on; input: the one used here. "
         f"{document['machine']}; torch {document['torch']}, torchvision {document['torchvision']}; "
         f"{len(document['models'])} models; load average: the machine's (1 minute) when the model finished (other "
         "work on the machine slows both timings). Pass / forward: one NNrelief pass over the N images against one "
@@ -173,14 +197,15 @@ def table(document: dict) -> str:
         "parameters of the compacted model, % of the dense model's (all parameters). Checks: finite masked output, "
         f"compact output within {RELATIVE_TOLERANCE:g} (relative), compact parameters <= dense.",
         "",
-        "| model | input | N | forward s | `fro` pass / forward | `fro` kept % | `fro` compact % | `fro-mean` pass / "
-        "forward | `fro-mean` kept % | `fro-mean` compact % | load average | checks |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| model | smallest input | input | N | forward s | `fro` pass / forward | `fro` kept % | `fro` compact % "
+        "| `fro-mean` pass / forward | `fro-mean` kept % | `fro-mean` compact % | load average | checks |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for result in document["models"]:
         shape = "x".join(str(v) for v in result["input"])
         if "refused" in result:
-            lines.append(f"| {result['model']} | {shape} | | | | | | | | | | refused: {result['refused']} |")
+            lines.append(f"| {result['model']} | {result['smallest']} | {shape} | | | | | | | | | | "
+                         f"refused: {result['refused']} |")
             continue
         cells = []
         for norm in NORMS:
@@ -188,7 +213,8 @@ def table(document: dict) -> str:
             cells += [f"{run['pass_over_forward']:.1f}", f"{run['kept_pct']:.1f}", f"{run['compact_params_pct']:.1f}"]
         failed = problems(result)
         load = f"{result['load_average']:.1f}" if "load_average" in result else ""
-        lines.append(f"| {result['model']} | {shape} | {result['images']} | {result['forward_s']:.3f} | "
+        lines.append(f"| {result['model']} | {result['smallest']} | {shape} | {result['images']} | "
+                     f"{result['forward_s']:.3f} | "
                      + " | ".join(cells) + f" | {load} | {'; '.join(failed) if failed else 'pass'} |")
     return "\n".join(lines)
 
