@@ -6,7 +6,10 @@ the model's smallest valid square input (``SMALLEST_INPUT``) but at least 32 x 3
 most CNNs run down to 1 x 1, where an untrained network's signal vanishes within a few layers and one pass removes
 everything, which tests nothing. The weights are torchvision's initialisation, except that a layer initialised to all
 zeros (ViT's classification head) gets PyTorch's default initialisation: with an all-zero output layer one pass
-removes everything too.
+removes everything too. BatchNorm's running statistics are those of the N images (one forward in training mode), as
+a trained model's match its data: with the initial statistics (mean 0, variance 1) the signal of an untrained deep
+network (ShuffleNet's, with PyTorch's default initialisation) shrinks to ~1e-7 of the biases, and again one pass
+keeps only biases.
 
 - forward: one forward pass of the N images (seconds, median of 3);
 - pass: ``nnrelief.prune(model, images, conv_norm=norm)`` with the default alphas (seconds, one run), and pass /
@@ -84,10 +87,18 @@ def input_size(name: str) -> int:
     return max(smallest_input(name), MINIMUM_INPUT)
 
 
-def _initialise_zero_layers(model: torch.nn.Module) -> None:
+def _untrained_but_not_degenerate(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Draw all-zero layers afresh and set BatchNorm's running statistics from ``images`` (see the module doc)."""
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and not module.weight.any():
             module.reset_parameters()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()
 
 
 def _seconds(fn) -> float:
@@ -105,9 +116,9 @@ def check(name: str, images: int = 8, norms=NORMS) -> dict:
 
     size = input_size(name)
     torch.manual_seed(0)
-    model = models.build(f"torchvision:{name}", 10, (3, size, size)).eval()
-    _initialise_zero_layers(model)
+    model = models.build(f"torchvision:{name}", 10, (3, size, size))
     x = torch.rand(images, 3, size, size)
+    _untrained_but_not_degenerate(model, x)
 
     def forward():
         with torch.no_grad():
