@@ -10,6 +10,7 @@ cannot follow: see ``relief.graph``) stay, as do units of a model Torch-Pruning 
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -20,7 +21,7 @@ from relief.graph import EXTERNAL, Layer, LayerGraph, trace
 from relief.masks import Masks, baked_copy
 
 _CONSTANT_TOLERANCE = 1e-6
-_OUTPUT_TOLERANCE = 1e-3  # relative to the largest output; beyond it compaction has a bug, and says so
+_OUTPUT_TOLERANCE = 1e-4  # relative to the largest output; beyond it, in float64 too, compaction has a bug
 _OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 
 
@@ -40,19 +41,25 @@ def compact(model: nn.Module, masks: Masks, example_input: torch.Tensor) -> nn.M
     graph = trace(net, example_input[:1])
     _fold_constants(net, graph, masks, example_input)
     _remove(net, graph, _removable_units(graph, masks), example_input[:1])
-    _check_outputs(expected, net(example_input), type(model).__name__)
+    if not _close(expected, net(example_input)):
+        # float32 rounding, amplified by a badly conditioned network, or a bug: float64 tells them apart
+        reference, double = baked_copy(model, masks)[0].double(), copy.deepcopy(net).double()
+        if not _close(reference(example_input.double()), double(example_input.double())):
+            raise CompactionError(
+                f"compacting {type(model).__name__} changed its outputs; this is a bug in relief, please report it "
+                "with the model. Use the masked model (relief.masks.apply_masks) meanwhile."
+            )
     return net
 
 
-def _check_outputs(expected, got, model_name: str) -> None:
-    pairs = list(zip(_tensors(expected), _tensors(got), strict=True))
-    for want, have in pairs:
-        scale = max(want.abs().max().item(), torch.finfo(want.dtype).tiny) if want.numel() else 1.0
-        if want.shape != have.shape or (have - want).abs().max().item() > _OUTPUT_TOLERANCE * scale:
-            raise CompactionError(
-                f"compacting {model_name} changed its outputs; this is a bug in relief, please report it with the "
-                "model. Use the masked model (relief.masks.apply_masks) meanwhile."
-            )
+def _close(expected, got) -> bool:
+    """Every output tensor within _OUTPUT_TOLERANCE of the largest entry of its expected value."""
+    for want, have in zip(_tensors(expected), _tensors(got), strict=True):
+        if want.shape != have.shape:
+            return False
+        if want.numel() and (have - want).abs().max().item() > _OUTPUT_TOLERANCE * want.abs().max().item():
+            return False
+    return True
 
 
 def _tensors(value):
