@@ -233,6 +233,8 @@ def _remove(net: nn.Module, graph: LayerGraph, removable: dict[str, list[int]], 
         prune_out = (tp.prune_depthwise_conv_out_channels if layer.is_depthwise else
                      tp.prune_conv_out_channels if layer.is_conv else tp.prune_linear_out_channels)
         module = layer.module
+        if module not in dependencies.module2node:  # not traced by Torch-Pruning (it reads only constants)
+            continue
         group = dependencies.get_pruning_group(module, prune_out, positions)
         removed = {}
         for dependency, indices in group.items:
