@@ -7,16 +7,24 @@ import sys
 from pathlib import Path
 
 import yaml
+from snakemake.utils import update_config
 
 from pipeline.config import ConfigError, load_study
 from pipeline.jobs import RUNTIME_VARIABLE
 from pipeline.plan import plan
+from pipeline.validate import duplicate_keys
 
-if not config:  # a --configfile replaces params.yaml whole (Snakemake would merge the two key by key)
+STUDY_FILES = [os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+               for path in workflow.overwrite_configfiles] or ["params.yaml"]
+if not workflow.overwrite_configfiles:  # params.yaml, under any --config; a --configfile replaces it whole
+    overrides = dict(config)
+    config.clear()
     config.update(yaml.safe_load(Path("params.yaml").read_text()))
+    update_config(config, overrides)
 
+SOURCE = " + ".join(STUDY_FILES) + (" with --config" if workflow.config_settings.config else "")
 try:
-    STUDY = load_study(config)
+    STUDY = load_study(config, SOURCE, [problem for name in STUDY_FILES for problem in duplicate_keys(name)])
 except ConfigError as error:
     sys.exit(str(error))
 PLAN = plan(STUDY)
@@ -26,6 +34,8 @@ JOB_FOLDERS = [f"{RUNS}/{job.folder}" for job in [*PLAN.dense.values(), *PLAN.pr
 os.environ[RUNTIME_VARIABLE] = json.dumps({  # settings that do not change results, so they trigger no reruns
     "study": STUDY.study, "device": STUDY.device, "data": STUDY.data.model_dump(), "runs_dir": RUNS,
     "mlflow": STUDY.mlflow.model_dump(), "progress": False,
+    "datasets": {name: {**own.model_dump(), "folder": str(Path(own.folder).expanduser().resolve())}
+                 for name, own in STUDY.datasets.items()},
 })
 
 wildcard_constraints:
@@ -44,14 +54,15 @@ rule data:
     input: expand(f"{RUNS}/data/{{dataset}}.json", dataset=PLAN.datasets)
 
 
-rule fetch:
+rule fetch:  # a new data.root or mirror list changes its params, so it runs again and checks the new root
     output: f"{RUNS}/data/{{dataset}}.json"
+    params: root=STUDY.data.root, mirrors=STUDY.data.mirrors
     benchmark: f"{RUNS}/benchmarks/fetch/{{dataset}}.tsv"
     shell: "{PYTHON} -m pipeline.fetch --dataset {wildcards.dataset} --out {output}"
 
 
-rule dense:
-    input: lambda w: f"{RUNS}/data/{PLAN.dense[w.hash].labels['dataset']}.json"
+rule dense:  # ancient: a fetch that ran again retrains nothing (the dataset is in the hash, its files verified)
+    input: lambda w: ancient(f"{RUNS}/data/{PLAN.dense[w.hash].labels['dataset']}.json")
     output: f"{RUNS}/dense/{{hash}}/metrics.json", f"{RUNS}/dense/{{hash}}/dense.pt"
     params: job=lambda w: job_arguments(PLAN.dense[w.hash])
     threads: STUDY.threads

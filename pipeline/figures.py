@@ -5,7 +5,10 @@ Per dataset x architecture x optimizer (a report ``Group``), as PNG and SVG:
   axis), one line per pruner with a min-max band over seeds, the dense model as a reference line;
 - ``<group>_nnrelief_connections``: NNrelief's remaining connections per layer (% of the layer's), per iteration;
 - ``<group>_nnrelief_architecture``: NNrelief's live neurons (Linear) or channels (Conv2d) per layer, per iteration;
-- ``<group>_nnrelief_retraining``: NNrelief's test accuracy before and after retraining, per iteration.
+- ``<group>_nnrelief_retraining``: NNrelief's test accuracy before and after retraining, per iteration;
+- ``<group>_accuracy_at_targets`` (target mode): every pruner's accuracy at every target, on one compression axis;
+- ``<dataset>_<architecture>_<optimizer>_sweep`` (a sweep of NNrelief's settings): each pruner's accuracy at each
+  sweep point's comparison count.
 
 Colours are fixed per pruner (``PRUNER_COLOURS``) across every figure. Files are deterministic: the Agg backend,
 a fixed SVG hash salt and no dates in the metadata, so a rerun on the same runs writes the same bytes.
@@ -75,7 +78,7 @@ def _save(figure, path: Path) -> list[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in ("png", "svg"):
-        target = path.with_suffix(f".{suffix}")
+        target = path.parent / f"{path.name}.{suffix}"  # not with_suffix: a sweep point's name has dots
         with plt.rc_context(STYLE):  # the SVG hash salt must be set when saving, not only when drawing
             figure.savefig(target, format=suffix, dpi=PNG_DPI, metadata=METADATA[suffix])
         written.append(target)
@@ -237,15 +240,89 @@ def nnrelief_retraining(group) -> plt.Figure:
         return figure
 
 
+def accuracy_at_targets(group) -> plt.Figure:
+    """Target mode: every pruner's accuracy at every target, on one axis of compression."""
+    from pipeline.report import target_columns
+
+    columns = target_columns(group)
+    ratios = [c["compression"] for c in columns]
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+        dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"]
+                                for runs in group.by_pruner.values() for r in runs)
+        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        for pruner in group.pruners:
+            runs = group.by_pruner.get(pruner)
+            if not runs:
+                continue
+            accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
+            x = ratios[:len(accuracy)]
+            colour, main = pruner_colour(pruner), pruner == "nnrelief"
+            axes.plot(x, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
+                      markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
+                      label=pruner)
+            axes.fill_between(x, [min(a) for a in accuracy], [max(a) for a in accuracy], color=colour, alpha=0.18,
+                              linewidth=0)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(ratios, [f"{r:.3g}×" for r in ratios])
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel("compression of the prunable weights and biases (dense / kept, log scale): the targets")
+        axes.set_ylabel("test accuracy after retraining (%)")
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                    title="band: min–max over seeds", title_fontsize=8)
+        _title(figure, group, "Every pruner at the same targets")
+        return figure
+
+
+def across_sweep(title: str, groups) -> plt.Figure:
+    """A sweep of NNrelief's settings: each pruner's accuracy at each point's comparison count, one line per pruner."""
+    from pipeline.report import sweep_rows
+
+    rows = [row for row in sweep_rows(groups) if row["remaining_pct_of_all"] is not None]
+    pruners = groups[0].pruners
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+        for pruner in pruners:
+            points = [(row["remaining_pct_of_all"], row[f"{pruner}_accuracy_pct"]) for row in rows
+                      if row[f"{pruner}_accuracy_pct"] is not None]
+            if not points:
+                continue
+            main = pruner == "nnrelief"
+            axes.plot(*zip(*points), color=pruner_colour(pruner), marker="o", markersize=6 if main else 4.5,
+                      linewidth=2.4 if main else 1.5, zorder=3 if main else 2, label=pruner)
+        for row in rows:
+            if row["nnrelief_accuracy_pct"] is not None:
+                axes.annotate(row["sweep"], (row["remaining_pct_of_all"], row["nnrelief_accuracy_pct"]), fontsize=7,
+                              textcoords="offset points", xytext=(4, 6), color=pruner_colour("nnrelief"))
+        axes.set_xscale("log")
+        ticks = [row["remaining_pct_of_all"] for row in rows]  # the sweep's points, thinned so labels never touch
+        axes.set_xticks(_thinned(ticks, max(math.log10(max(ticks) / min(ticks)), 0.3) / 7) if ticks else [])
+        axes.xaxis.set_major_formatter(FuncFormatter(_percent))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.invert_xaxis()
+        axes.set_xlabel("remaining parameters at NNrelief's comparison iteration (% of all weights and biases, log)")
+        axes.set_ylabel("test accuracy after retraining (%, mean over seeds)")
+        axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        figure.suptitle(f"Across the sweep of NNrelief's settings\n{title}")
+        return figure
+
+
 DRAWERS = dict(zip(FIGURES, (accuracy_vs_remaining, nnrelief_connections, nnrelief_architecture, nnrelief_retraining)))
 
 
-def write_figures(groups, out: Path) -> list[Path]:
-    """Every figure of every group with a finished NNrelief run under ``out``, as PNG and SVG; returns the files."""
+def write_figures(groups, out: Path, sweeps: dict | None = None) -> list[Path]:
+    """Every figure of every group with a finished NNrelief run under ``out``, as PNG and SVG, and in target mode
+    ``<group>_accuracy_at_targets``; for each sweep (``sweeps``: its groups by file stem), ``<stem>``. Returns the
+    files."""
     written = []
     for group in groups:
         if group.iteration is None:
             continue
         for name, draw in DRAWERS.items():
             written += _save(draw(group), out / f"{group.name}_{name}")
+        if group.targets:
+            written += _save(accuracy_at_targets(group), out / f"{group.name}_accuracy_at_targets")
+    for stem, swept in (sweeps or {}).items():
+        if any(group.iteration is not None for group in swept):
+            written += _save(across_sweep(" / ".join(swept[0].key[1:]), swept), out / stem)
     return written

@@ -31,14 +31,18 @@ STEP_METRICS = {  # name in MLflow: path in an iteration record of metrics.json
     "dense_macs": ("macs", "dense_macs"),
     "nonzero_macs": ("macs", "nonzero_macs"),
     "structural_macs": ("macs", "structural_macs"),
+    "target_prunable_remaining": ("target_prunable_remaining",),  # baselines, and every pruner in target mode
+    "nnrelief_alpha_conv": ("pruner_details", "alpha_conv"),  # the alphas nnrelief.prune_to found (target mode)
+    "nnrelief_alpha_fc": ("pruner_details", "alpha_fc"),
 }
 ARTIFACTS = ("metrics.json", "config.json", "layers.json", "compact.pt", jobs.INFERENCE, jobs.FAILURE)
 _ATTEMPTS = 8
 
 
 def run_name(labels: dict) -> str:
+    sweep = f" ({labels['sweep']})" if labels.get("sweep") else ""
     return " / ".join(str(labels[k]) for k in ("architecture", "dataset", "optimizer", "pruner")) + \
-        f" / seed {labels['seed']}"
+        f"{sweep} / seed {labels['seed']}"
 
 
 def flatten(value, prefix: str = "") -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from relief.data import Dataset, Split, load
+from relief.data import Dataset, DatasetSpec, Split, image_folder, load
 from relief.train import Divergence
 
 RUNTIME_VARIABLE = "RELIEF_RUNTIME"  # set by the Snakefile: settings that do not change results
@@ -55,11 +55,20 @@ def device(settings: dict) -> torch.device:
 
 def dataset(name: str, piece: dict, settings: dict, on: torch.device) -> Dataset:
     data = settings["data"]
-    loaded = load(name, data["root"], mirrors=data["mirrors"], download=data["download"], val_size=piece["val_size"])
+    loaded = load(name, data["root"], mirrors=data["mirrors"], download=data["download"], val_size=piece["val_size"],
+                  spec=own_dataset(name, settings))
     limit = piece.get("train_limit")
     if limit:
         loaded = replace(loaded, train=Split(loaded.train.images[:limit], loaded.train.labels[:limit]))
     return loaded.to(on)
+
+
+def own_dataset(name: str, settings: dict) -> DatasetSpec | None:
+    """The spec of the study's own dataset ``name`` (an ImageFolder), or None for a built-in one."""
+    own = settings.get("datasets", {}).get(name)
+    if own is None:
+        return None
+    return image_folder.spec(name, own["folder"], **{key: value for key, value in own.items() if key != "folder"})
 
 
 def provenance() -> dict:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pipeline.config import Experiment, Study
+from pipeline.config import Experiment, NNreliefSettings, PrunerSpec, Study
 
 HASH_LENGTH = 16
 
@@ -57,14 +57,42 @@ def plan(study: Study) -> Plan:
                               "optimizer": optimizer, "seed": seed}
                     trained = _dense_job(study, experiment, labels)
                     dense[trained.hash] = trained
-                    reference = _prune_job(experiment, trained, "nnrelief", None, labels)
-                    prune[reference.hash] = reference
-                    for pruner in study.pruners:
-                        if pruner != "nnrelief":
-                            job = _prune_job(experiment, trained, pruner, reference.hash, labels)
-                            prune[job.hash] = job
+                    for job in _prune_jobs(study, experiment, trained, labels):
+                        prune[job.hash] = job
     datasets = tuple(sorted({e.dataset for e in study.experiments.values()}))
     return Plan(dense=dense, prune=prune, datasets=datasets)
+
+
+def _prune_jobs(study: Study, experiment: Experiment, trained: Job, labels: dict) -> list[Job]:
+    """NNrelief's job for every combination of its settings, each with its baselines: at its counts, or, with
+    ``targets``, at the targets (layerwise-shuffle, which copies NNrelief's per-layer counts, still follows it)."""
+    jobs = []
+    entries = {entry.name: entry for entry in study.pruners}
+    if experiment.targets is not None:
+        labels = {**labels, "targets": experiment.targets.label()}
+    for settings in experiment.nnrelief.combinations(labels["architecture"]):
+        point = {**labels, **_setting_labels(experiment.nnrelief, settings)}
+        reference = _prune_job(experiment, trained, entries["nnrelief"], point, nnrelief=settings)
+        jobs.append(reference)
+        for entry in study.pruners:
+            if entry.name != "nnrelief":
+                follows = experiment.targets is None or entry.name == "layerwise-shuffle"
+                at = reference.hash if follows else None
+                jobs.append(_prune_job(experiment, trained, entry, point, reference=at))
+    return jobs
+
+
+def _setting_labels(nnrelief: NNreliefSettings, settings: dict) -> dict:
+    """The labels of one NNrelief configuration: ``sweep`` names the swept settings' values (and a variant other
+    than the paper's, swept or not), so that each configuration has its own groups in the report; ``variant`` is
+    the variant when it is not the paper's."""
+    defaults = {name: field.default[0] for name, field in NNreliefSettings.model_fields.items()}
+    variant = settings.get("variant", defaults["variant"])
+    shown = nnrelief.swept()
+    if variant != defaults["variant"] and "variant" not in shown:
+        shown.append("variant")
+    labels = {"sweep": ", ".join(f"{key}={settings.get(key, defaults[key])}" for key in shown)} if shown else {}
+    return {**labels, **({"variant": variant} if variant != defaults["variant"] else {})}
 
 
 def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
@@ -81,18 +109,28 @@ def _dense_job(study: Study, experiment: Experiment, labels: dict) -> Job:
     }
     if experiment.loop.rewind == "epoch":
         piece["rewind_epoch"] = experiment.loop.rewind_epoch
+    if experiment.dataset in study.datasets:
+        piece["image_folder"] = study.datasets[experiment.dataset].slice()
     return Job("dense", config_hash(piece), piece, {**labels, "pruner": "none"}, experiment.gpus)
 
 
-def _prune_job(experiment: Experiment, trained: Job, pruner: str, reference: str | None, labels: dict) -> Job:
+def _prune_job(experiment: Experiment, trained: Job, entry: PrunerSpec, labels: dict, *, nnrelief: dict | None = None,
+               reference: str | None = None) -> Job:
+    """A pruning job; what it adds beyond the original four keys enters its slice only when set (hashes pinned)."""
     piece = {
         "dense": trained.hash,
-        "pruner": pruner,
+        "pruner": entry.name,
         "retrain": experiment.retrain.model_dump(),
         "loop": experiment.loop.model_dump(),
     }
-    if pruner == "nnrelief":
-        piece["nnrelief"] = experiment.nnrelief.model_dump()
-    else:
+    if nnrelief is not None:
+        piece["nnrelief"] = nnrelief
+    if reference is not None:
         piece["reference"] = reference
-    return Job("prune", config_hash(piece), piece, {**labels, "pruner": pruner}, experiment.gpus)
+    if experiment.targets is not None:
+        piece["targets"] = experiment.targets.model_dump(exclude_none=True)
+    piece.update(entry.slice())
+    job_labels = {**labels, "pruner": entry.name}
+    if entry.plugin_class is not None:
+        job_labels["plugin"] = entry.plugin_class
+    return Job("prune", config_hash(piece), piece, job_labels, experiment.gpus)

@@ -1,4 +1,5 @@
-"""Stage: one pruner's prune-retrain loop from a trained dense model; baselines prune to NNrelief's counts."""
+"""Stage: one pruner's prune-retrain loop from a trained dense model; baselines prune to NNrelief's counts, or every
+pruner to the study's targets."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import shutil
 
 import torch
 
-from pipeline import jobs
+from pipeline import jobs, plugins
+from pipeline.config import Targets
 from pipeline.dense import model_builder, train_config
-from relief import checkpoints
+from relief import checkpoints, metrics
 from relief.compact import compact
 from relief.loop import LoopConfig, run_loop
 from relief.masks import apply_masks
@@ -20,17 +22,34 @@ DENSE_FILES = ("init.pt", "dense.pt", "rewind.pt")
 INFERENCE_BATCHES = (1, 256)
 
 
-def pruner_for(piece: dict, seed: int, reference):
-    """NNrelief with its settings, or a baseline with NNrelief's per-iteration counts (``reference``: its folder)."""
+def pruner_for(piece: dict, seed: int, reference, total: int):
+    """The job's pruner: NNrelief with its settings; a baseline or plugin at NNrelief's per-iteration counts
+    (``reference``: NNrelief's folder) or, with ``targets``, at the targets' counts of the ``total`` prunable
+    weights+biases; layerwise-shuffle at NNrelief's per-layer counts."""
     name = piece["pruner"]
+    targets = Targets(**piece["targets"]).counts(total) if "targets" in piece else None
     if name == "nnrelief":
-        return build_pruner(name, **piece["nnrelief"])
-    iterations = json.loads((reference / "metrics.json").read_text())["iterations"]
+        return build_pruner(name, **{k: v for k, v in piece["nnrelief"].items() if k != "variant"},
+                            **({"targets": targets} if targets else {}))
+    iterations = json.loads((reference / "metrics.json").read_text())["iterations"] if reference else None
     if name == "layerwise-shuffle":
         masks = tuple(checkpoints.load(reference / f"iter_{i['iteration']:02d}.pt")["masks"] for i in iterations)
         return build_pruner(name, reference=masks, seed=seed)
-    options = {"targets": tuple(i["parameters"]["prunable_remaining"] for i in iterations)}
-    return build_pruner(name, **options, **({"seed": seed} if name == "random" else {}))
+    if targets is None:
+        targets = tuple(i["parameters"]["prunable_remaining"] for i in iterations)
+    return plugins.build(name, _plugin_class(piece), piece.get("options", {}), targets=targets, seed=seed)
+
+
+def _plugin_class(piece: dict) -> type | None:
+    """The plugin's class, if the job's pruner is a plugin, checked to be the code the job was planned with."""
+    if "plugin" not in piece:
+        return None
+    cls = plugins.resolve(piece["plugin"]["class"])
+    if plugins.source_sha256(cls) != piece["plugin"]["source_sha256"]:
+        raise plugins.PluginError(
+            f"plugin {piece['pruner']!r}: {piece['plugin']['class']}'s module changed after Snakemake planned this "
+            "job; run snakemake again, so that the job's folder matches the code")
+    return cls
 
 
 def main() -> None:
@@ -52,8 +71,9 @@ def run(args, settings: dict, on: torch.device) -> None:
     data = jobs.dataset(dense["dataset"], dense, settings, on)
     loop = LoopConfig(**piece["loop"])
     build = model_builder(dense, data)
+    total = metrics.parameter_counts(build())["prunable_params"]
     result = run_loop(
-        build, data, pruner_for(piece, dense["seed"], args.reference), train_config(dense, dense["pretrain"]),
+        build, data, pruner_for(piece, dense["seed"], args.reference, total), train_config(dense, dense["pretrain"]),
         train_config(dense, piece["retrain"]), loop, args.out, seed=dense["seed"],
         progress=settings.get("progress", True),
     )

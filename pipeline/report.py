@@ -8,8 +8,12 @@ rows, fixed float formatting).
 
 Writes, under ``--out``:
 - ``summary.md``, ``summary.csv``, ``summary.tex``: one table across the study; ``metrics.json``: DVC's headline;
-- ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner;
-- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py.
+- ``tables/<dataset>_<architecture>_<optimizer>.{md,tex,csv}``: one table per group, one row per pruner (a group of a
+  sweep of NNrelief's settings has the settings in its name; ``..._sweep.{md,csv}`` compares the sweep's points);
+- ``tables/<group>.targets.{md,csv}`` in target mode: every pruner's accuracy at every target;
+- ``figures/<dataset>_<architecture>_<optimizer>_<figure>.{png,svg}``: see pipeline/figures.py;
+- ``nnrelief_iterations.{md,csv}``, when a group ran more than one NNrelief configuration (a sweep, or
+  ``nnrelief: {variant: [paper, authors]}``): the configurations side by side, iteration by iteration.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ COLUMNS = ("experiment", "dataset", "architecture", "optimizer", "pruner", "seed
 GROUP_KEYS = ("experiment", "dataset", "architecture", "optimizer")
 COLLAPSED = "†"  # a seed's network collapsed at the reported iteration
 MISSING = "—"  # no metrics for this pruner in this group
+DEFAULT_SETTINGS = "default"  # the NNrelief configuration of runs that name none (no sweep label)
 NOTE_COLLAPSED = (f"{COLLAPSED} collapsed: in at least one seed a layer lost all its weights, or test accuracy fell to "
                   "chance level, at the reported iteration.")
 NOTE_MISSING = f"{MISSING} missing: no finished run (no metrics.json) of this pruner in this group."
@@ -60,10 +65,12 @@ class Group:
     iteration: int | None  # None: no finished NNrelief run, so no comparison (every row is missing)
     tolerance: float
     failures: list[dict]  # this group's failed jobs (dense or pruning), with their reasons
+    sweep: str = ""  # NNrelief's settings at this point of a sweep ("alpha_fc=0.9, ..."), else empty
+    targets: str = ""  # target mode: what every pruner was pruned to ("compression 2, 4, 8"), else empty
 
     @property
     def title(self) -> str:
-        return " / ".join(self.key[1:])
+        return " / ".join(self.key[1:]) + (f" ({self.sweep})" if self.sweep else "")
 
 
 def load_runs(run_dirs: list[Path]) -> list[dict]:
@@ -103,20 +110,23 @@ def groups(runs: list[dict], tolerance: float) -> list[Group]:
     failed = [r for r in runs if r["failure"] is not None and r["metrics"] is None]
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished + failed:
-        by_key[tuple(run["labels"][k] for k in GROUP_KEYS)].append(run)
+        by_key[(*(run["labels"][k] for k in GROUP_KEYS), run["labels"].get("sweep", ""))].append(run)
     study_pruners = pruner_order({run["labels"]["pruner"] for run in finished + failed} - {"none"})
     triples = [key[1:] for key in by_key]
     result = []
-    for key in sorted(by_key):
+    for full_key in sorted(by_key):
+        key, sweep = full_key[:-1], full_key[-1]
         by_pruner: dict[str, list[dict]] = defaultdict(list)
-        for run in sorted(by_key[key], key=lambda r: r["labels"].get("seed", 0)):
+        for run in sorted(by_key[full_key], key=lambda r: r["labels"].get("seed", 0)):
             if run["metrics"] is not None:
                 by_pruner[run["labels"]["pruner"]].append(run)
-        name = "_".join(key[1:]) if triples.count(key[1:]) == 1 else "_".join(key)
+        name = "_".join(full_key[1:] if triples.count(full_key[1:]) == 1 else full_key).rstrip("_")
         iteration = comparison_iteration(by_pruner["nnrelief"], tolerance) if "nnrelief" in by_pruner else None
-        failures = sorted((r for r in by_key[key] if r["metrics"] is None), key=_failure_order)
+        failures = sorted((r for r in by_key[full_key] if r["metrics"] is None), key=_failure_order)
+        targets = next((r["labels"]["targets"] for r in by_key[full_key] if "targets" in r["labels"]), "")
         result.append(Group(key=key, name=_file_stem(name), by_pruner=dict(by_pruner), pruners=study_pruners,
-                            iteration=iteration, tolerance=tolerance, failures=failures))
+                            iteration=iteration, tolerance=tolerance, failures=failures, sweep=sweep,
+                            targets=targets))
     return result
 
 
@@ -130,7 +140,7 @@ def failure_line(run: dict) -> str:
 
 
 def _file_stem(name: str) -> str:
-    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower())
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-")
 
 
 def group_rows(group: Group) -> list[dict]:
@@ -139,10 +149,11 @@ def group_rows(group: Group) -> list[dict]:
     for pruner in group.pruners:
         runs = [] if group.iteration is None else [
             r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= group.iteration]
+        sweep = {"sweep": group.sweep} if group.sweep else {}
         if runs:
-            table.append({**_row(group.key, pruner, runs, group.iteration), "missing": False})
+            table.append({**_row(group.key, pruner, runs, group.iteration), **sweep, "missing": False})
         else:
-            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "missing": True})
+            table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, **sweep, "missing": True})
     return table
 
 
@@ -238,9 +249,136 @@ def _notes(table: list[dict]) -> list[str]:
 def comparison_sentence(group: Group) -> str:
     if group.iteration is None:
         return "No NNrelief run finished, so there is no comparison iteration: every cell is missing."
+    if group.targets:
+        return (f"Target mode ({group.targets}): at every iteration every pruner keeps the same number of prunable "
+                "weights and biases (NNrelief by bisection on alpha, within 0.5 % or the nearest count it can "
+                f"reach); shown: iteration {group.iteration}, the last whose NNrelief mean test accuracy is within "
+                f"{group.tolerance:.2f} points of the dense model's (else the first). Every target: the targets table.")
     return (f"NNrelief comparison iteration: {group.iteration}, the last NNrelief iteration whose mean test accuracy "
             f"is within {group.tolerance:.2f} points of the dense model's (else the first); every baseline is read at "
             "the same iteration, where it keeps the same number of weights and biases.")
+
+
+# ---- target mode: every pruner at every target --------------------------------------------------------------------
+
+def target_columns(group: Group) -> list[dict]:
+    """Per iteration of a target-mode group: the target (prunable weights+biases to keep) and its compression."""
+    runs = group.by_pruner.get("nnrelief") or next(iter(group.by_pruner.values()), [])
+    if not runs:
+        return []
+    columns = []
+    for record in runs[0]["metrics"]["iterations"]:
+        target, total = record["target_prunable_remaining"], record["parameters"]["prunable_params"]
+        columns.append({"iteration": record["iteration"], "target": target, "compression": total / target})
+    return columns
+
+
+def target_rows(group: Group) -> list[dict]:
+    """One row per pruner: test accuracy (mean, std over seeds), and the count reached, at every target."""
+    rows = []
+    for pruner in group.pruners:
+        runs = group.by_pruner.get(pruner, [])
+        row = {**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, "seeds": len(runs), "cells": []}
+        for column in target_columns(group):
+            records = [r["metrics"]["iterations"][column["iteration"] - 1] for r in runs
+                       if len(r["metrics"]["iterations"]) >= column["iteration"]]
+            accuracy = [r["test_accuracy_pct"] for r in records]
+            row["cells"].append(None if not records else {
+                "accuracy_pct": round(statistics.mean(accuracy), 2),
+                "accuracy_std_pct": round(statistics.stdev(accuracy), 2) if len(accuracy) > 1 else 0.0,
+                "reached_compression": round(statistics.mean(
+                    r["parameters"]["prunable_params"] / r["parameters"]["prunable_remaining"] for r in records), 3),
+                "max_deviation_pct": round(max(100 * abs(r["parameters"]["prunable_remaining"] - column["target"])
+                                               / column["target"] for r in records), 3),
+                "collapsed": any(r.get("collapsed") for r in records),
+            })
+        rows.append(row)
+    return rows
+
+
+def _target_cell(cell: dict | None) -> str:
+    if cell is None:
+        return MISSING
+    text = f"{cell['accuracy_pct']:.2f}" + (f" ± {cell['accuracy_std_pct']:.2f}" if cell["accuracy_std_pct"] else "")
+    return text + (f" {COLLAPSED}" if cell["collapsed"] else "")
+
+
+def targets_markdown(group: Group, rows: list[dict]) -> str:
+    columns = target_columns(group)
+    dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"] for runs in group.by_pruner.values()
+                            for r in runs)
+    reached = [cell["max_deviation_pct"] for row in rows if row["pruner"] == "nnrelief"
+               for cell in row["cells"] if cell]
+    lines = [f"## {group.title}: every pruner at every target", "",
+             f"Experiment `{group.key[0]}`, target mode ({group.targets}). Test accuracy after pruning and retraining "
+             f"(%, mean ± std over seeds) at each compression of the prunable weights and biases (every Linear and "
+             f"Conv2d weight and bias: dense / kept); dense model {dense:.2f} %.", ""]
+    header = ["pruner", "seeds", *(f"{c['compression']:.3g}× ({c['target']:,} kept)" for c in columns)]
+    lines += _markdown_table(header, [[row["pruner"], str(row["seeds"]), *map(_target_cell, row["cells"])]
+                                      for row in rows])
+    if reached:
+        lines += ["", f"NNrelief's counts: within {max(reached):.2f} % of the targets in every seed (bisection on "
+                  "alpha, one pass scored once per iteration); the baselines keep the targets exactly."]
+    if any(cell and cell["collapsed"] for row in rows for cell in row["cells"]):
+        lines += ["", NOTE_COLLAPSED]
+    return "\n".join(lines) + "\n"
+
+
+def targets_csv(group: Group, rows: list[dict]) -> str:
+    flat = []
+    for row in rows:
+        for column, cell in zip(target_columns(group), row["cells"]):
+            flat.append({**{k: row[k] for k in (*GROUP_KEYS, "pruner", "seeds")}, "iteration": column["iteration"],
+                         "target_prunable_remaining": column["target"],
+                         "target_compression": round(column["compression"], 3), **(cell or {}),
+                         "missing": cell is None})
+    return comma_separated(flat, (*GROUP_KEYS, "pruner", "seeds", "iteration", "target_prunable_remaining",
+                                  "target_compression", "reached_compression", "max_deviation_pct", "accuracy_pct",
+                                  "accuracy_std_pct",
+                                  "collapsed", "missing"))
+
+
+# ---- sweeps: one comparison per combination of NNrelief's settings ------------------------------------------------
+
+def sweep_rows(groups_of_sweep: list[Group]) -> list[dict]:
+    """One row per sweep point: NNrelief's comparison iteration, remaining and accuracy, and every baseline's accuracy
+    at the same counts."""
+    rows = []
+    for group in groups_of_sweep:
+        table = {row["pruner"]: row for row in group_rows(group)}
+        nnrelief = table.get("nnrelief", {"missing": True})
+        rows.append({**dict(zip(GROUP_KEYS, group.key)), "sweep": group.sweep, "iteration": group.iteration,
+                     "remaining_pct_of_all": nnrelief.get("remaining_pct_of_all"),
+                     "compression_ratio": nnrelief.get("compression_ratio"),
+                     "baseline_accuracy_pct": nnrelief.get("baseline_accuracy_pct"),
+                     **{f"{p}_accuracy_pct": table[p].get("accuracy_pct") for p in group.pruners}})
+    return sorted(rows, key=lambda row: -(row["remaining_pct_of_all"] or 0))
+
+
+def sweep_markdown(title: str, pruners: list[str], rows: list[dict]) -> str:
+    def shown(value, form="{:.2f}"):
+        return MISSING if value is None else form.format(value)
+
+    lines = [f"## {title}: across the sweep of NNrelief's settings", "",
+             "One row per combination, each read at its own NNrelief comparison iteration (the last within the "
+             "accuracy tolerance), where every baseline keeps NNrelief's count. Accuracy: test set, %, mean over "
+             "seeds; remaining: % of all weights and biases.", ""]
+    header = ["NNrelief settings", "iteration", "remaining (%)", "compression (×)", "dense acc. (%)",
+              *(f"{p} acc. (%)" for p in pruners)]
+    body = [[row["sweep"], shown(row["iteration"], "{}"), shown(row["remaining_pct_of_all"]),
+             shown(row["compression_ratio"]), shown(row["baseline_accuracy_pct"]),
+             *(shown(row[f"{p}_accuracy_pct"]) for p in pruners)] for row in rows]
+    return "\n".join(lines + _markdown_table(header, body)) + "\n"
+
+
+def sweeps(study_groups: list[Group]) -> dict[str, list[Group]]:
+    """The groups of every experiment x dataset x architecture x optimizer with several NNrelief configurations
+    (a sweep, or variants side by side), by file stem."""
+    found: dict[str, list[Group]] = defaultdict(list)
+    for group in study_groups:
+        if group.sweep:
+            found[_file_stem("_".join(group.key[1:]) + "_sweep")].append(group)
+    return {stem: swept for stem, swept in found.items() if len(swept) > 1}
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -306,9 +444,9 @@ def comma_separated(table: list[dict], columns: tuple[str, ...] = COLUMNS) -> st
 
 def markdown(table: list[dict], failures: list[dict]) -> str:
     """The summary across the study, one row per group and pruner, then the failed jobs with their reasons."""
-    header = ["experiment", "dataset", "architecture", "optimizer", *(CELL_HEADERS[c] for c in GROUP_CELLS)]
-    body = [[row["experiment"], row["dataset"], row["architecture"], row["optimizer"],
-             *(_cells(row)[c] for c in GROUP_CELLS)] for row in table]
+    keys = [*GROUP_KEYS, *(["sweep"] if any(row.get("sweep") for row in table) else [])]
+    header = [*keys, *(CELL_HEADERS[c] for c in GROUP_CELLS)]
+    body = [[*(row.get(k, "") for k in keys), *(_cells(row)[c] for c in GROUP_CELLS)] for row in table]
     notes = _notes(table)
     lines = _markdown_table(header, body) + [""] + [f"{note}  " for note in notes[:-1]] + [notes[-1]]
     if failures:
@@ -329,10 +467,96 @@ def summary_latex(table: list[dict], tolerance: float) -> str:
     return "\n".join(lines + ["\\end{table}"]) + "\n"
 
 
+# ---- NNrelief configurations side by side, iteration by iteration ---------------------------------------------
+
+SIDE_BY_SIDE_COLUMNS = (*GROUP_KEYS, "sweep", "iteration", "seeds", "remaining_pct_of_all", "remaining_std_pct",
+                   "accuracy_before_retrain_pct", "accuracy_pct", "accuracy_std_pct", "nonzero_macs",
+                   "structural_macs")
+SIDE_BY_SIDE_HEADERS = ("NNrelief settings", "iteration", "seeds", "remaining (% of all weights + biases), mean ± std",
+                   "acc. before retraining (%)", "acc. after retraining (%), mean ± std", "MACs non-zero",
+                   "MACs structural")
+NOTE_SIDE_BY_SIDE = ("Iteration 0 is the dense model. Remaining: non-zero weights and biases as % of all of the dense "
+                 "model's (BatchNorm included). Accuracy: test set, in %, before and after the retraining that "
+                 "follows each pruning pass; mean over seeds, ± the sample standard deviation for 2 seeds or more. "
+                 "MACs: multiply-adds per image (fvcore, batch 1), mean over seeds; non-zero = each layer's dense MACs "
+                 "x its weight density, structural = the physically compacted model. Variants (relief.nnrelief."
+                 "variant_settings): paper = the paper's scores, selection rule and one forward pass; authors = the "
+                 "authors' code's conv norm, selection rule, and FC layers scored after the conv layers are pruned.")
+
+
+def side_by_side_rows(study_groups: list[Group]) -> list[dict]:
+    """Per experiment x dataset x architecture x optimizer that ran several NNrelief configurations (``sweep``
+    labels): one row per configuration and iteration (0: the dense model), over the seeds that reached it."""
+    by_key: dict[tuple, dict[str, list[dict]]] = defaultdict(dict)
+    for group in study_groups:
+        if group.by_pruner.get("nnrelief"):
+            by_key[group.key][group.sweep] = group.by_pruner["nnrelief"]
+    rows = []
+    for key, by_setting in sorted(by_key.items()):
+        if len(by_setting) < 2:
+            continue
+        for setting in sorted(by_setting):
+            runs = by_setting[setting]
+            for iteration in range(max(len(r["metrics"]["iterations"]) for r in runs) + 1):
+                records = [r["metrics"]["dense"] if iteration == 0 else r["metrics"]["iterations"][iteration - 1]
+                           for r in runs if len(r["metrics"]["iterations"]) >= iteration]
+                rows.append({**dict(zip(GROUP_KEYS, key)), "sweep": setting or DEFAULT_SETTINGS,
+                             "iteration": iteration,
+                             "seeds": len(records), **_side_by_side_values(records, iteration)})
+    return rows
+
+
+def _side_by_side_values(records: list[dict], iteration: int) -> dict:
+    def mean(path, digits=2):
+        values = [_get(r, path) for r in records]
+        return None if None in values else round(statistics.mean(values), digits)
+
+    def std(path):
+        values = [_get(r, path) for r in records]
+        return round(statistics.stdev(values), 2) if len(values) > 1 and None not in values else None
+
+    accuracy_before = ("test_accuracy_pct",) if iteration == 0 else ("test_accuracy_before_retrain_pct",)
+    return {
+        "remaining_pct_of_all": mean(("parameters", "remaining_pct_of_all")),
+        "remaining_std_pct": std(("parameters", "remaining_pct_of_all")),
+        "accuracy_before_retrain_pct": mean(accuracy_before),
+        "accuracy_pct": mean(("test_accuracy_pct",)),
+        "accuracy_std_pct": std(("test_accuracy_pct",)),
+        "nonzero_macs": mean(("macs", "nonzero_macs"), 0),
+        "structural_macs": mean(("macs", "structural_macs"), 0),
+    }
+
+
+def _get(record: dict, path: tuple[str, ...]):
+    for key in path:
+        record = record.get(key) if isinstance(record, dict) else None
+    return record
+
+
+def side_by_side_markdown(rows: list[dict]) -> str:
+    def shown(value, spread=None, integer=False):
+        if value is None:
+            return "n/a"
+        text = f"{int(value):,}" if integer else f"{value:.2f}"
+        return text + (f" ± {spread:.2f}" if spread is not None else "")
+
+    lines = ["# NNrelief configurations side by side", ""]
+    keys = sorted({tuple(row[k] for k in GROUP_KEYS) for row in rows})
+    for key in keys:
+        lines += [f"## {' / '.join(key[1:])}", "", f"Experiment `{key[0]}`.", ""]
+        body = [[row["sweep"], str(row["iteration"]), str(row["seeds"]),
+                 shown(row["remaining_pct_of_all"], row["remaining_std_pct"]),
+                 shown(row["accuracy_before_retrain_pct"]), shown(row["accuracy_pct"], row["accuracy_std_pct"]),
+                 shown(row["nonzero_macs"], integer=True), shown(row["structural_macs"], integer=True)]
+                for row in rows if tuple(row[k] for k in GROUP_KEYS) == key]
+        lines += _markdown_table(list(SIDE_BY_SIDE_HEADERS), body) + [""]
+    return "\n".join(lines + [NOTE_SIDE_BY_SIDE]) + "\n"
+
+
 def headline(table: list[dict]) -> dict:
     """DVC's metrics: per experiment/architecture/optimizer, NNrelief's accuracy and remaining % at the comparison."""
     return {
-        f"{r['experiment']}/{r['architecture']}/{r['optimizer']}": {
+        f"{r['experiment']}/{r['architecture']}/{r['optimizer']}" + (f"/{r['sweep']}" if r.get("sweep") else ""): {
             "nnrelief_accuracy_pct": r["accuracy_pct"], "nnrelief_remaining_pct_of_all": r["remaining_pct_of_all"],
             "baseline_accuracy_pct": r["baseline_accuracy_pct"],
         }
@@ -354,23 +578,40 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     written = []
+    columns = (*COLUMNS[:4], "sweep", *COLUMNS[4:]) if any(group.sweep for group in study_groups) else COLUMNS
     for group in study_groups:
         table = group_rows(group)
-        for suffix, text in (("md", group_markdown(group, table)), ("tex", group_latex(group, table)),
-                             ("csv", comma_separated(table, (*COLUMNS, "missing")))):
+        files = [("md", group_markdown(group, table)), ("tex", group_latex(group, table)),
+                 ("csv", comma_separated(table, (*columns, "missing")))]
+        if group.targets and group.iteration is not None:
+            rows = target_rows(group)
+            files += [("targets.md", targets_markdown(group, rows)), ("targets.csv", targets_csv(group, rows))]
+        for suffix, text in files:
             _write(tables / f"{group.name}.{suffix}", text)
             written.append(tables / f"{group.name}.{suffix}")
+    for stem, swept in sweeps(study_groups).items():
+        rows = sweep_rows(swept)
+        for suffix, text in (("md", sweep_markdown(swept[0].title.split(" (")[0], swept[0].pruners, rows)),
+                             ("csv", comma_separated(rows, tuple(rows[0])))):
+            _write(tables / f"{stem}.{suffix}", text)
+            written.append(tables / f"{stem}.{suffix}")
     for name, text in (("summary.md", markdown(summary, failures)),
-                       ("summary.csv", comma_separated(summary, (*COLUMNS, "missing"))),
+                       ("summary.csv", comma_separated(summary, (*columns, "missing"))),
                        ("summary.tex", summary_latex(summary, tolerance))):
         _write(out / name, text)
         written.append(out / name)
+    side_by_side = side_by_side_rows(study_groups)
+    if side_by_side:
+        for name, text in (("nnrelief_iterations.md", side_by_side_markdown(side_by_side)),
+                           ("nnrelief_iterations.csv", comma_separated(side_by_side, SIDE_BY_SIDE_COLUMNS))):
+            _write(out / name, text)
+            written.append(out / name)
     write_json(headline(summary), out / "metrics.json")
     written.append(out / "metrics.json")
     if figures:
         from pipeline.figures import write_figures  # matplotlib is imported only when figures are asked for
 
-        written += write_figures(study_groups, out / "figures")
+        written += write_figures(study_groups, out / "figures", sweeps(study_groups))
     return sorted(written)
 
 

@@ -36,6 +36,8 @@ from torch import fx, nn
 from torchvision.models import swin_transformer
 from torchvision.ops import stochastic_depth
 
+from relief.masks import any_along
+
 Unit = tuple[str, int]
 Sources = frozenset  # of Unit
 EXTERNAL: Unit = ("<input>", -1)  # signal from outside the model (or a constant); never removed
@@ -91,12 +93,12 @@ class Layer:
 
     def live_inputs(self, weight_mask: torch.Tensor) -> list[bool]:
         """For every input channel (feature), whether any weight reading it is unmasked."""
-        connections = weight_mask.flatten(2).any(dim=2) if weight_mask.dim() > 2 else weight_mask  # (out, in/groups)
+        connections = any_along(weight_mask.flatten(2), dim=2) if weight_mask.dim() > 2 else weight_mask  # (out, in/g)
         groups = self.groups
         if groups == 1:
-            return connections.any(dim=0).tolist()
+            return any_along(connections, dim=0).tolist()
         out, per_group = connections.shape
-        return connections.reshape(groups, out // groups, per_group).any(dim=1).flatten().tolist()
+        return any_along(connections.reshape(groups, out // groups, per_group), dim=1).flatten().tolist()
 
     def prune_inputs(self, weight_mask: torch.Tensor, channels: list[int]) -> None:
         """Mask every weight that reads one of the input ``channels``, in place."""

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from relief import checkpoints, metrics
 from relief.data import Dataset
-from relief.masks import Masks, apply_masks, stored_tensor
-from relief.pruners import Pruner
+from relief.masks import Masks, apply_masks, masks_of, stored_tensor
+from relief.pruners import Pruner, PrunerError, checked_masks
 from relief.pruners.selection import collapsed_layers
 from relief.train import TrainConfig, evaluate, train
 
@@ -95,7 +95,7 @@ def run_loop(
         apply_masks(model, masks)
         checkpoints.load_into(model, state["model"], done[-1])
     for iteration in range(len(iterations) + 1, loop.num_iters + 1):
-        masks = pruner(model, images, labels, masks, iteration)
+        masks = _prune(pruner, model, images, labels, masks, iteration)
         apply_masks(model, masks)
         record = {
             "iteration": iteration,
@@ -103,6 +103,9 @@ def run_loop(
             "test_accuracy_before_retrain_pct": evaluate(model, data, data.test),
             **metrics.summarise(model, masks, example),
         }
+        details = pruner.details(iteration) if callable(getattr(pruner, "details", None)) else {}
+        if details:
+            record["pruner_details"] = details
         if rewind_state is not None:
             _rewind(model, rewind_state, masks)
         stage = out_dir / f"iter_{iteration:02d}"
@@ -139,6 +142,18 @@ def run_loop(
     return summary
 
 
+def _prune(pruner: Pruner, model: nn.Module, images, labels, masks: Masks, iteration: int) -> Masks:
+    """The pruner's new masks, held to the protocol: right keys, shapes and dtype, nothing revived, model unchanged."""
+    given = {**masks_of(model), **masks}
+    before = checkpoints.fingerprint(model.state_dict())
+    returned = pruner(model, images, labels, masks, iteration)
+    if checkpoints.fingerprint(model.state_dict()) != before:
+        raise PrunerError(f"pruner {pruner.name!r} changed the model's weights or masks at iteration {iteration}; "
+                          "a pruner must leave the model unchanged. Nothing was saved; the checkpoints of earlier "
+                          "iterations are unchanged.")
+    return checked_masks(pruner.name, model, given, returned, iteration)
+
+
 def _dense_run(model: nn.Module, data: Dataset, pretrain: TrainConfig, loop: LoopConfig, seed: int) -> dict:
     """What the dense files (init.pt, dense.pt, rewind.pt) depend on; a pruning run adds its own settings."""
     run = {"seed": seed, "architecture": checkpoints.architecture(model), "dataset": data.name,
@@ -149,9 +164,10 @@ def _dense_run(model: nn.Module, data: Dataset, pretrain: TrainConfig, loop: Loo
 
 
 def _settings(pruner: Pruner) -> dict:
-    """The pruner's name and scalar settings (its targets are checked iteration by iteration instead)."""
+    """The pruner's name and scalar settings but those left None (its targets are checked iteration by iteration
+    instead)."""
     values = asdict(pruner) if is_dataclass(pruner) else {}
-    return {"name": pruner.name, **{k: v for k, v in values.items() if isinstance(v, int | float | str | bool | None)}}
+    return {"name": pruner.name, **{k: v for k, v in values.items() if isinstance(v, int | float | str | bool)}}
 
 
 def _loop_settings(loop: LoopConfig) -> dict:

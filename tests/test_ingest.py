@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.ingest import run_name
+from pipeline.config import load_study
+from pipeline.ingest import ingest, run_name
 from pipeline.jobs import RUNTIME_VARIABLE
+from pipeline.plan import plan
 from relief.checkpoints import write_json
 
 JOBS = 8
@@ -52,3 +55,19 @@ def test_concurrent_ingests_lose_nothing_and_reruns_duplicate_nothing(tmp_path):
         history = client.get_metric_history(run.info.run_id, "test_accuracy_pct")
         assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (1, 85.0), (2, 86.0), (3, 87.0)]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.json", "metrics.json"}
+
+
+def test_the_authors_variant_reaches_mlflow_as_params_and_a_tag(tmp_path):
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "variants.yaml").read_text())
+    job = next(j for j in plan(load_study(config)).prune.values()
+               if j.labels.get("variant") == "authors" and j.labels["architecture"] == "lenet5")
+    folder = tmp_path / "runs" / "prune" / job.hash
+    write_json({"slice": job.slice, "labels": job.labels, "device": "cpu", "git_commit": "abc"}, folder / "config.json")
+    write_json({"dense": {"test_accuracy_pct": 90.0}, "iterations": []}, folder / "metrics.json")
+    settings = {"study": "variants", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                "artifact_location": str(tmp_path / "artifacts")}}
+    run = MlflowClient(settings["mlflow"]["tracking_uri"]).get_run(ingest(folder, settings)["run_id"])
+    assert {key: run.data.params[f"nnrelief.{key}"] for key in ("variant", "conv_norm", "rule", "fc_inputs")} == {
+        "variant": "authors", "conv_norm": "l1", "rule": "official", "fc_inputs": "conv-pruned"}
+    assert run.data.tags["variant"] == "authors"
+    assert run.info.run_name == "lenet5 / fashion-mnist / adam / nnrelief (variant=authors) / seed 0"

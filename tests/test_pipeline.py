@@ -15,6 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from relief.data import DATASETS
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "studies" / "tiny.yaml"
 BIN = Path(sys.executable).parent
@@ -124,6 +126,17 @@ def test_editing_a_report_setting_reruns_only_the_report(tiny_study, tmp_path):
     assert not any(f"rule {r}" in plan for r in ("prune", "dense", "fetch"))
 
 
+def test_a_new_data_root_or_mirror_list_fetches_again_and_retrains_nothing(tiny_study, tmp_path):
+    for change in ({"root": str(tmp_path / "elsewhere")}, {"mirrors": [str(tmp_path), str(DEBIAN_FASHION_MNIST)]}):
+        config = yaml.safe_load(TINY.read_text())
+        config["data"].update(change)
+        edited = tmp_path / "edited.yaml"
+        edited.write_text(yaml.safe_dump(config))
+        plan = snakemake(tiny_study, "-n", config=edited).stdout
+        assert "rule fetch" in plan and "Params have changed" in plan, plan
+        assert not any(f"rule {r}" in plan for r in ("dense", "prune", "ingest", "report")), plan
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
@@ -133,20 +146,37 @@ def test_editing_a_report_setting_reruns_only_the_report(tiny_study, tmp_path):
         (lambda c: c["experiments"]["lenet"].update(architectures=["lenet7"]),
          ["experiments.lenet.architectures.0", "lenet300-100", "resnet20"]),
         (lambda c: c.update(seeds="zero"), ["seeds", "valid list"]),
+        (lambda c: (c.update(seeds=[0, 0]), c["data"].update(val_size=60_000),
+                    c["experiments"]["lenet"].update(architectures=["lenet300-100", "vgg11"], retrain={
+                        "epochs": 1, "milestones": [1]})),
+         ["(4 problem(s))", "seeds: 0 listed more than once", "data.val_size: must fit", "use 1 to 59,999",
+          "experiments.lenet.architectures.1: does not build for fashion-mnist",
+          "experiments.lenet.retrain.milestones.0"]),
     ],
-    ids=["unknown-key", "alpha-out-of-range", "unknown-architecture", "wrong-type"],
+    ids=["unknown-key", "alpha-out-of-range", "unknown-architecture", "wrong-type", "cannot-run-all-at-once"],
 )
 def test_bad_params_stop_snakemake_before_any_job(tmp_path, change, expected):
     config = yaml.safe_load(TINY.read_text())
     change(config)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path, config=bad, check=False)
+    _refused_before_any_job(tmp_path, bad, expected)
+
+
+def test_a_key_given_twice_stops_snakemake_before_any_job(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    adam = "      adam: {lr: 0.001}\n"
+    twice.write_text(TINY.read_text().replace(adam, adam + "      adam: {lr: 0.1}\n"))
+    _refused_before_any_job(tmp_path, twice, ["experiments.lenet.optimizers.adam: is given 2 times in one mapping"])
+
+
+def _refused_before_any_job(folder: Path, config: Path, expected: list[str]) -> None:
+    result = snakemake(folder, config=config, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    for text in expected:
+    for text in [f"{config.name} is not a valid study", *expected]:
         assert text in output, f"{text!r} not in:\n{output[-2000:]}"
-    assert not (tmp_path / "runs").exists(), "no job may start"
+    assert not (folder / "runs").exists(), "no job may start"
 
 
 def _processes_running(text: str, folder: Path) -> list[int]:
@@ -197,13 +227,16 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint(tmp_path, victim):
     assert len(json.loads((first.parent / "metrics.json").read_text())["iterations"]) == 3
 
 
-def test_dvc_repro_status_metrics_plots_and_an_experiment(tmp_path):
-    project = tmp_path / "project"
+def test_dvc_repro_status_metrics_plots_an_experiment_and_a_new_data_root(tmp_path):
+    """With the data in a shared folder outside the project, as on a cluster; then in another such folder."""
+    project, shared = tmp_path / "project", tmp_path / "shared"
     project.mkdir()
     for name in ("Snakefile", "dvc.yaml", "relief", "pipeline", "profiles"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, project / name)
-    shutil.copy(TINY, project / "params.yaml")
+    params = yaml.safe_load(TINY.read_text())
+    params["data"]["root"] = str(shared / "a")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
 
     def run(*command):
@@ -230,3 +263,17 @@ def test_dvc_repro_status_metrics_plots_and_an_experiment(tmp_path):
     assert sorted(p.name for p in (project / "runs" / "dense").iterdir()) == dense_before
     shown = json.dumps(json.loads(run("dvc", "exp", "show", "--json")))
     assert '"num_iters": 1' in shown and '"num_iters": 2' in shown  # the variant beside the baseline workspace
+
+    marker = project / "runs" / "data" / "fashion-mnist.json"
+    fetched = json.loads(marker.read_text())
+    assert fetched["root"] == str(shared / "a") and not (project / "data").exists()
+    assert fetched["images"]["train"] + fetched["images"]["val"] == DATASETS["fashion-mnist"].train_size
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["root"] = str(shared / "b")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run("dvc", "repro", "data")  # the stage a new root reruns; the study stage would run the Snakemake below
+    assert json.loads(marker.read_text())["root"] == str(shared / "b")
+    assert (shared / "b" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    plan = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "-n"], cwd=project, capture_output=True, text=True,
+                          env=environment, timeout=600)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, "a new data root must retrain nothing"

@@ -11,6 +11,7 @@ from relief import models, nnrelief
 from relief.compact import compact
 from relief.graph import EXTERNAL, UnsupportedOperation, trace
 from relief.masks import apply_masks
+from relief.pruners import build_pruner
 
 T, F_ = True, False
 
@@ -263,7 +264,105 @@ def test_an_operation_it_cannot_follow_is_named():
         nnrelief.prune(Transposing(), torch.rand(4, 3))
 
 
-@pytest.mark.parametrize("bad", [{"alpha_fc": 0.0}, {"alpha_conv": 1.5}, {"conv_norm": "l2"}, {"rule": "mine"}])
+@pytest.mark.parametrize(
+    "bad", [{"alpha_fc": 0.0}, {"alpha_conv": 1.5}, {"conv_norm": "l2"}, {"rule": "mine"}, {"fc_inputs": "pruned"}]
+)
 def test_bad_arguments_are_refused(bad):
     with pytest.raises(ValueError):
         nnrelief.prune(_tiny_mlp(), torch.rand(3, 2), **bad)
+
+
+def _lenet5_with_biases():
+    torch.manual_seed(3)
+    model = models.build("lenet5", 10, (1, 28, 28)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.bias.uniform_(-0.05, 0.05)  # the builder's zero biases would all tie
+    return model
+
+
+def _kernel_mask(keep, layer):
+    return keep[:, :-1].reshape(*keep.shape[:1], -1, 1, 1).expand_as(layer.weight).clone()
+
+
+@pytest.mark.parametrize("norm, rule", [("fro", "paper"), ("l1", "official")])
+def test_conv_pruned_fc_inputs_by_hand_on_lenet5(norm, rule):
+    """The reference, written out as the authors' lenet_pruning does it: conv layers scored on the unpruned chain, a
+    conv unit silent on it (all outputs 0) losing its kernels and bias; these conv masks applied; the FC layers scored
+    on the features that follow (fc2 on fc1's unmasked output); then the structural clean-up."""
+    model = _lenet5_with_biases()
+    x = torch.rand(48, 1, 28, 28)
+    conv1, conv2 = model.features[0], model.features[3]
+    fc1, fc2 = model.classifier[0], model.classifier[2]
+    reference = {}
+    with torch.no_grad():
+        hidden = model.features[:3](x)
+        for name, layer, inputs in (("features.0", conv1, x), ("features.3", conv2, hidden)):
+            keep = nnrelief.keep_mask(nnrelief.connection_scores(layer, inputs, norm), 0.9, rule)
+            silent = F.relu(layer(inputs)).sum(dim=(0, 2, 3)) == 0
+            keep[silent] = False
+            reference[f"{name}.weight"], reference[f"{name}.bias"] = _kernel_mask(keep, layer), keep[:, -1].clone()
+        assert silent.sum() >= 3, "conv2 has silent units (this seed): their removal is part of what is checked"
+        conv_pruned = apply_masks(copy.deepcopy(model), dict(reference))
+        features = torch.flatten(conv_pruned.features(x), 1)
+        for name, layer, inputs in (("classifier.0", fc1, features), ("classifier.2", fc2, F.relu(fc1(features)))):
+            keep = nnrelief.keep_mask(nnrelief.connection_scores(layer, inputs), 0.95, rule)
+            reference[f"{name}.weight"], reference[f"{name}.bias"] = keep[:, :-1].clone(), keep[:, -1].clone()
+    nnrelief.clean_up(trace(model, x[:1]), reference)
+
+    batches = (batch for batch in x.split(20))  # a one-shot iterable: the second pass reuses the batches it kept
+    masks = nnrelief.prune(model, batches, alpha_conv=0.9, alpha_fc=0.95, conv_norm=norm, rule=rule,
+                           fc_inputs="conv-pruned")
+    assert all(torch.equal(masks[name], reference[name]) for name in reference)
+    unpruned = nnrelief.prune(model, x, alpha_conv=0.9, alpha_fc=0.95, conv_norm=norm, rule=rule)
+    assert not torch.equal(unpruned["classifier.0.weight"], masks["classifier.0.weight"])
+
+
+def test_conv_pruned_fc_inputs_on_a_residual_model_of_no_zoo():
+    """Defined for any traced model (ResNet-20: tests/test_official.py): the structure checks hold, and compaction
+    keeps the outputs."""
+    torch.manual_seed(0)
+    model = SmallResidualCNN()
+    x = torch.rand(24, 3, 16, 16)
+    _train_bn_statistics(model, x)
+    masks = nnrelief.prune(model, x, alpha_conv=0.8, alpha_fc=0.8, conv_norm="fro-mean", rule="official",
+                           fc_inputs="conv-pruned")
+    assert not torch.equal(masks["head.weight"], nnrelief.prune(
+        model, x, alpha_conv=0.8, alpha_fc=0.8, conv_norm="fro-mean", rule="official")["head.weight"])
+    _check_structure(model, masks, x)
+    masked = apply_masks(copy.deepcopy(model), masks).eval()
+    with torch.no_grad():
+        expected, got = masked(x), compact(masked, masks, x)(x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_variant_settings_and_the_pruner_pass_fc_inputs_on():
+    assert nnrelief.variant_settings("paper") == {"conv_norm": "fro", "rule": "paper", "fc_inputs": "unpruned"}
+    assert nnrelief.variant_settings("authors", "vgg16") == {
+        "conv_norm": "fro-mean", "rule": "official", "fc_inputs": "conv-pruned"}
+    assert nnrelief.variant_settings("authors", "lenet5")["conv_norm"] == "l1"
+    with pytest.raises(ValueError, match="variant"):
+        nnrelief.variant_settings("mine", "lenet5")
+    model, x = _lenet5_with_biases(), torch.rand(16, 1, 28, 28)
+    settings = nnrelief.variant_settings("authors", "lenet5")
+    pruner = build_pruner("nnrelief", alpha_conv=0.9, alpha_fc=0.95, **settings)
+    direct = nnrelief.prune(model, x, alpha_conv=0.9, alpha_fc=0.95, **settings)
+    assert all(torch.equal(direct[k], v) for k, v in pruner(model, x, None, {}, 1).items())
+
+
+def test_conv_pruned_a_unit_silent_on_the_pruning_set_stays_silent():
+    """Conv unit 0 is silent (3 - 3 x 1.1 < 0 on inputs of ones); its pruning (alpha 0.6 keeps the kernels 3 and 1.1)
+    would make it emit 1.9. The authors' code zeroes a silent unit before scoring the FC layers, so its FC columns
+    score 0 and it goes, as it does with the paper's one forward pass."""
+    model = nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, -1.1, -1.1, -1.1], [1.0, 1.0, 1.0, 1.0]]).reshape(2, 4, 1, 1))
+        model[0].bias.zero_()
+        model[3].weight.fill_(1.0)
+        model[3].bias.zero_()
+    x = torch.ones(3, 4, 2, 2)
+    for fc_inputs in ("unpruned", "conv-pruned"):
+        masks = nnrelief.prune(model, x, alpha_conv=0.6, alpha_fc=0.9, fc_inputs=fc_inputs)
+        assert not masks["0.weight"][0].any() and not masks["3.weight"][:, :4].any(), fc_inputs
+        assert masks["0.weight"][1].any() and masks["3.weight"][:, 4:].any(), fc_inputs

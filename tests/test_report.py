@@ -140,3 +140,31 @@ def test_rerun_is_byte_identical_and_figures_exist(tmp_path):
             assert first[png][:8] == b"\x89PNG\r\n\x1a\n" and len(first[png]) > 10_000, png
             assert (Path("figures") / f"{stem}_{figure}.svg") in first
     assert not any("lenet5" in path.name for path in first if path.parent.name == "figures")  # no NNrelief run
+
+
+def test_two_nnrelief_variants_side_by_side(tmp_path, tables_only):
+    """The paper's and the authors' variant (tests/fixtures/report-variants, by hand) of the same dense models."""
+    variants = sorted((REPO / "tests" / "fixtures" / "report-variants").iterdir())
+    report.write_report(report.load_runs(sorted(FIXTURE.iterdir()) + variants), 1.0, tmp_path, figures=False)
+    assert (tmp_path / "tables" / f"{ADAM}.md").read_text() == (tables_only / "tables" / f"{ADAM}.md").read_text()
+    authors = (tmp_path / "tables" / f"{ADAM}_variant-authors.md").read_text()
+    assert "## fashion-mnist / lenet300-100 / adam (variant=authors)" in authors
+    # dense 88.00; the authors' variant's mean accuracy is 87.30 at iteration 1 and 86.80 at iteration 2
+    assert markdown_rows(authors)["nnrelief"][1:6] == ["2", "1", "88.00", "87.30 ± 0.28", "-0.70"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "nnrelief_iterations.csv").read_text())))
+    paper, authors = "default", "variant=authors"  # the fixture's paper runs predate configuration labels
+    assert [(r["sweep"], r["iteration"]) for r in rows] == [
+        (paper, "0"), (paper, "1"), (paper, "2"), (authors, "0"), (authors, "1"), (authors, "2")]
+    by = {(r["sweep"], r["iteration"]): r for r in rows}
+    assert by[paper, "0"]["remaining_pct_of_all"] == "" and by[paper, "0"]["accuracy_pct"] == "88.0"
+    assert by[paper, "1"]["remaining_pct_of_all"] == "50.0" and by[paper, "1"]["accuracy_pct"] == "87.4"
+    assert by[authors, "1"]["remaining_pct_of_all"] == "42.0" and by[authors, "1"]["remaining_std_pct"] == "2.83"
+    assert by[authors, "1"]["accuracy_before_retrain_pct"] == "84.25" and by[authors, "1"]["nonzero_macs"] == "410"
+    assert by[authors, "2"]["accuracy_pct"] == "86.8" and by[authors, "2"]["structural_macs"] == "255"
+    text = (tmp_path / "nnrelief_iterations.md").read_text()
+    assert "| variant=authors | 1 | 2 | 42.00 ± 2.83 | 84.25 | 87.30 ± 0.28 | 410 | 255 |" in text
+    assert "| default | 0 | 2 | n/a | 88.00 | 88.00 ± 0.00 | n/a | n/a |" in text
+    summary = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert ("lenet300-100", "adam", "authors", "nnrelief") in {
+        (r["architecture"], r["optimizer"], r["sweep"].removeprefix("variant="), r["pruner"]) for r in summary}
+    assert not (tables_only / "nnrelief_iterations.md").exists()  # one configuration: no side-by-side file

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from relief.data import sources, tiny_imagenet
+from relief.data import image_folder, sources, tiny_imagenet
 from relief.data.sources import DATASETS, DatasetError, DatasetSpec
 
 CROP_PADDING = 4  # the authors' RandomCrop(size, padding=4)
 
-_READERS = {"idx": sources.read_idx, "cifar": sources.read_cifar, "tiny-imagenet": tiny_imagenet.read}
+_READERS = {"idx": sources.read_idx, "cifar": sources.read_cifar, "tiny-imagenet": tiny_imagenet.read,
+            image_folder.FORMAT: image_folder.read}
 
 
 @dataclass
@@ -122,7 +123,9 @@ def load(name: str, root: str | Path, *, mirrors: Sequence[str] = (), download: 
 
     The validation split, `val_size` images, is carved from the official training set with a generator seeded by
     `split_seed`; test is the official test set (Tiny-ImageNet: its labelled val set). `spec` replaces the registered
-    DATASETS[name], e.g. a copy with other checksums (``dataclasses.replace``) for files made in tests.
+    DATASETS[name], e.g. a copy with other checksums (``dataclasses.replace``) for files made in tests, or a dataset
+    of your own in ImageFolder layout (``relief.data.image_folder.spec``; its val/ folder, if it has one, is the
+    validation split and `val_size` is not used).
     """
     if spec is None:
         if name not in DATASETS:
@@ -131,19 +134,24 @@ def load(name: str, root: str | Path, *, mirrors: Sequence[str] = (), download: 
     elif spec.name != name:
         raise ValueError(f"spec is for {spec.name!r}, not {name!r}")
     mirrors = [mirrors] if isinstance(mirrors, str | Path) else mirrors
-    (train_images, train_labels), (test_images, test_labels) = _READERS[spec.format](
+    (train_images, train_labels), (test_images, test_labels), *given_val = _READERS[spec.format](
         spec, Path(root).expanduser(), [str(mirror) for mirror in mirrors], download
     )
-    for images, labels in ((train_images, train_labels), (test_images, test_labels)):
+    for images, labels in ((train_images, train_labels), (test_images, test_labels), *given_val):
         _check_contents(spec, root, images, labels)
-    if not 0 <= val_size < len(train_labels):
-        raise ValueError(f"val_size must be in [0, {len(train_labels)}) for {spec.name}, got {val_size}")
-    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(split_seed))
-    val_index, train_index = order[:val_size].sort().values, order[val_size:].sort().values
+    if given_val:
+        train, val = Split(train_images, train_labels), Split(*given_val[0])
+    else:
+        if not 0 <= val_size < len(train_labels):
+            raise ValueError(f"val_size must be in [0, {len(train_labels)}) for {spec.name}, got {val_size}")
+        order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(split_seed))
+        val_index, train_index = order[:val_size].sort().values, order[val_size:].sort().values
+        train = Split(train_images[train_index], train_labels[train_index])
+        val = Split(train_images[val_index], train_labels[val_index])
     return Dataset(
         name=spec.name,
-        train=Split(train_images[train_index], train_labels[train_index]),
-        val=Split(train_images[val_index], train_labels[val_index]),
+        train=train,
+        val=val,
         test=Split(test_images, test_labels),
         mean=spec.mean,
         std=spec.std,

@@ -56,6 +56,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     num_classes: int
     input_shape: tuple[int, int, int]
+    train_size: int  # images in the official training split, before the validation split is carved from it
     augment: bool
     torchvision_class: str | None = None  # the torchvision.datasets class that reads the files
     offline_hint: str = ""
@@ -91,6 +92,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(1.0,),
         num_classes=10,
         input_shape=(1, 28, 28),
+        train_size=60_000,
         augment=False,
         torchvision_class="MNIST",
     ),
@@ -105,6 +107,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.3530,),
         num_classes=10,
         input_shape=(1, 28, 28),
+        train_size=60_000,
         augment=False,
         torchvision_class="FashionMNIST",
         offline_hint="Offline on Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then use "
@@ -129,6 +132,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=_IMAGENET_STD,
         num_classes=10,
         input_shape=(3, 32, 32),
+        train_size=50_000,
         augment=True,
         torchvision_class="CIFAR10",
     ),
@@ -147,6 +151,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=_IMAGENET_STD,
         num_classes=100,
         input_shape=(3, 32, 32),
+        train_size=50_000,
         augment=True,
         torchvision_class="CIFAR100",
     ),
@@ -161,6 +166,7 @@ DATASETS: dict[str, DatasetSpec] = {
         std=(0.2770, 0.2691, 0.2821),
         num_classes=200,
         input_shape=(3, 64, 64),
+        train_size=100_000,
         augment=True,
     ),
 }
