@@ -207,7 +207,7 @@ class Reached:
     masks: Masks
     alpha_conv: float
     alpha_fc: float
-    remaining: int  # prunable weights+biases (every Linear and Conv2d weight and bias) left unpruned
+    remaining: int  # prunable weights+biases (relief.graph.prunable_layers) left unpruned
     target: int
     steps: int  # selections tried (one scoring pass in all)
 

@@ -366,3 +366,33 @@ def test_conv_pruned_a_unit_silent_on_the_pruning_set_stays_silent():
         masks = nnrelief.prune(model, x, alpha_conv=0.6, alpha_fc=0.9, fc_inputs=fc_inputs)
         assert not masks["0.weight"][0].any() and not masks["3.weight"][:, :4].any(), fc_inputs
         assert masks["0.weight"][1].any() and masks["3.weight"][:, 4:].any(), fc_inputs
+
+
+class _ConvAttention(nn.Module):
+    """A conv stem whose channels become the features of tokens, self-attention over them, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = F.relu(self.stem(x)).flatten(2).transpose(1, 2)
+        out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return self.head(out.mean(1))
+
+
+def test_conv_pruned_fc_inputs_score_attention_on_the_pruned_stem():
+    """The reference: the stem's masks of the conv-pruned pass applied to a copy, and a pass over that copy that keeps
+    the stem as it is (alpha 1): its layers other than the conv (the attention's in- and out-projection, the head)
+    are scored on the pruned stem's features, which is what fc_inputs="conv-pruned" must do in one pass."""
+    torch.manual_seed(0)
+    model, x = _ConvAttention().eval(), torch.rand(12, 3, 6, 6)
+    masks = nnrelief.prune(model, x, alpha_conv=0.7, alpha_fc=0.9, fc_inputs="conv-pruned")
+    stem = {key: masks[key] for key in ("stem.weight", "stem.bias")}
+    reference = nnrelief.prune(apply_masks(copy.deepcopy(model), stem), x, alpha_conv=1.0, alpha_fc=0.9)
+    others = ("attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight", "head.weight")
+    assert all(torch.equal(masks[key], reference[key]) for key in others)
+    unpruned = nnrelief.prune(model, x, alpha_conv=0.7, alpha_fc=0.9)
+    assert not torch.equal(unpruned["attention.in_proj_weight"], masks["attention.in_proj_weight"])
