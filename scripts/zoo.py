@@ -200,6 +200,9 @@ def _save(results: dict, machine: str) -> None:
 
 
 def table(document: dict) -> str:
+    from relief.models.zoo import names
+
+    missing = sorted(set(names()) - {result["model"] for result in document["models"]})
     lines = [
         "Smallest input: the side of the smallest square input the model runs on; input: the one used here. "
         f"{document['machine']}; torch {document['torch']}, torchvision {document['torchvision']}; "
@@ -213,6 +216,9 @@ def table(document: dict) -> str:
         "| `fro-mean` pass / forward | `fro-mean` kept % | `fro-mean` compact % | load average | checks |",
         "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
+    if missing:
+        lines[1:1] = ["", f"Not run yet ({len(missing)} of {len(names())} models; `python scripts/zoo.py --models "
+                      f"...` adds them): {', '.join(missing)}."]
     for result in document["models"]:
         shape = "x".join(str(v) for v in result["input"])
         if "refused" in result:
