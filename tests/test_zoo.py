@@ -4,11 +4,11 @@ Each model is torchvision's, built with 10 classes and its smallest valid input,
 one with "fro-mean" on 2 seeded random images: the masked output is finite, compact keeps the outputs (relative error
 at most 1e-4) and has no more parameters than the dense model, and the pass pruned something.
 
-The default run (CI) takes the families in ``IN_CI``, whose smallest models take seconds each and between them have
-every kind of channel coupling of a CNN (depthwise and grouped convolutions, squeeze-and-excitation gates, channel
-concatenation, ShuffleNet's channel shuffle, residual additions); the other families' smallest models take a minute
-or more each on 2 cores, so they are marked slow (``pytest -m slow tests/test_zoo.py``). Their operations (ConvNeXt's
-and Swin's channels-last blocks, ViT's and MaxViT's attention) are checked on single blocks in tests/test_graph.py.
+The default run (CI) takes the families in ``IN_CI``, whose smallest models between them have every kind of channel
+coupling of a CNN (depthwise and grouped convolutions, squeeze-and-excitation gates, channel concatenation,
+ShuffleNet's channel shuffle, residual additions) at a few minutes in all on 2 cores; the other families are marked
+slow (``pytest -m slow tests/test_zoo.py``). Their operations (ConvNeXt's and Swin's channels-last blocks, ViT's and
+MaxViT's attention) are checked on single blocks in tests/test_graph.py.
 """
 
 import sys
