@@ -1,7 +1,8 @@
 """Cost of one NNrelief scoring pass on CPU, relative to a plain forward pass of the same model.
 
-For each model (LeNet-5 on 1x28x28, VGG-like on 3x32x32, 10 classes) and each conv norm ("fro", "fro-mean", "l1"),
-on N random images (torch.rand, seed 0), it measures:
+For each model (LeNet-5 on 1x28x28, VGG-like on 3x32x32, and torchvision's ResNet-50, MobileNetV2 and ViT-B/16
+on 3x224x224; 10 classes) and each conv norm ("fro", "fro-mean", "l1"), on N random images (torch.rand, seed 0; N =
+1000 for the first two, 256 for the torchvision models, unless --n says otherwise), it measures:
 
 - forward: one eval-mode forward over the N images under torch.no_grad(), in batches of 250;
 - pass: one ``nnrelief.prune(model, images, conv_norm=norm)`` with the default alphas (it too forwards by 250);
@@ -17,7 +18,8 @@ alone. Each (model, norm) runs in a fresh subprocess (``scoring.py --one MODEL N
 figures do not mix. The targets, the same for pass/forward and whole/forward, are printed with whether each is met;
 a missed target does not make the command fail.
 
-    python bench/scoring.py                                  # everything, a few minutes on 2 cores
+    python bench/scoring.py                                  # LeNet-5 and VGG-like, a few minutes on 2 cores
+    python bench/scoring.py --models resnet50 mobilenet_v2 vit_b_16 --repeats 1    # about an hour on 2 cores
     python bench/scoring.py --models lenet5 --norms l1 fro --n 500 --repeats 5 --threads 1
 """
 
@@ -41,7 +43,14 @@ from relief.compact import compact
 from relief.masks import apply_masks
 from relief.models import build
 
-MODELS = {"lenet5": (1, 28, 28), "vgg-like": (3, 32, 32)}
+MODELS = {  # name -> (architecture for relief.models.build, input shape, default N)
+    "lenet5": ("lenet5", (1, 28, 28), 1000),
+    "vgg-like": ("vgg-like", (3, 32, 32), 1000),
+    "resnet50": ("torchvision:resnet50", (3, 224, 224), 256),
+    "mobilenet_v2": ("torchvision:mobilenet_v2", (3, 224, 224), 256),
+    "vit_b_16": ("torchvision:vit_b_16", (3, 224, 224), 256),
+}
+DEFAULT_MODELS = ("lenet5", "vgg-like")
 NORMS = ("fro", "fro-mean", "l1")
 TARGETS = {"fro": 10.0, "fro-mean": 3.0, "l1": 3.0}  # pass/forward and whole/forward
 BATCH = 250
@@ -91,9 +100,10 @@ def _median_seconds(fn, repeats: int) -> float:
 
 def measure(model_name: str, norm: str, n: int, repeats: int) -> dict:
     """The measurements of one (model, norm), in seconds and MiB."""
+    architecture, shape, default_n = MODELS[model_name]
     torch.manual_seed(0)
-    model = build(model_name, 10, MODELS[model_name]).eval()
-    images = torch.rand(n, *MODELS[model_name])
+    model = build(architecture, 10, shape).eval()
+    images = torch.rand(n or default_n, *shape)
 
     def forward():
         with torch.no_grad():
@@ -134,12 +144,13 @@ def measure(model_name: str, norm: str, n: int, repeats: int) -> dict:
 def _report(args) -> None:
     print(
         f"# {describe(args.threads)}, "
-        f"N={args.n} images, forward batches of {BATCH}, median of {args.repeats} after 1 warm-up, "
+        f"N={args.n or 'per model'} images, forward batches of {BATCH}, median of {args.repeats} after 1 warm-up, "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
     print("# peak MiB: RSS sampled from /proc/self/statm every 5 ms during the first pass, minus the RSS before it")
     header = (
         "model",
+        "N",
         "conv_norm",
         "forward s",
         "pass s",
@@ -165,7 +176,7 @@ def _report(args) -> None:
                 model_name,
                 norm,
                 "--n",
-                str(args.n),
+                str(args.n or 0),
                 "--repeats",
                 str(args.repeats),
                 "--threads",
@@ -178,6 +189,7 @@ def _report(args) -> None:
                 single.append(f"{model_name}/{norm}")
             row = (
                 model_name,
+                str(args.n or MODELS[model_name][2]),
                 norm,
                 f"{result['forward_s']:.3f}",
                 f"{result['pass_s']:.3f}",
@@ -198,8 +210,8 @@ def _report(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1000, help="pruning images (default 1000)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--n", type=int, default=0, help="pruning images (default: 1000, or 256 for torchvision's)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(DEFAULT_MODELS))
     parser.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (default 3)")
     add_threads_option(parser)

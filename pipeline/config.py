@@ -30,7 +30,7 @@ from pipeline.validate import Problem
 from relief.data import DATASETS
 from relief.data.image_folder import count_images, files_sha256, layout_problem
 from relief.loop import REWINDS
-from relief.models import MODEL_NAMES
+from relief.models import check_architecture
 from relief.nnrelief import ALPHA_SEARCHES, FC_INPUTS, RULES, VARIANTS, variant_settings
 from relief.pruners import PRUNERS
 from relief.scores import CONV_NORMS
@@ -40,7 +40,7 @@ Alpha = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[int, Field(ge=1)]
 Text = Annotated[str, Field(min_length=1)]
 Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]  # safe in file names and MLflow
-Architecture = Literal[MODEL_NAMES]
+Architecture = Annotated[str, AfterValidator(check_architecture)]  # the paper's models, or torchvision:<name>
 
 
 class Strict(BaseModel):

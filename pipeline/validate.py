@@ -72,21 +72,42 @@ def architectures_build(study: Study, name: str, experiment: Experiment) -> Iter
             yield Problem(
                 f"experiments.{name}.architectures.{index}",
                 f"does not build for {data.name} ({_shape(data.input_shape)} images, {data.num_classes} classes): "
-                f"{problem}; architectures that do: {', '.join(fitting)}", architecture)
+                f"{problem}; architectures that do: {', '.join(fitting)}, or a torchvision:<name> that takes these "
+                "inputs (scripts/zoo.py --search gives a model's smallest)", architecture)
 
 
 @functools.cache
 def build_problem(architecture: str, input_shape: tuple[int, int, int], num_classes: int) -> str | None:
     """None when the architecture builds for these images and classes and one forward pass of one image gives one
-    score per class; else why not. On the meta device: no weight is allocated, no arithmetic done."""
+    score per class; else why not. On the meta device: no weight is allocated, no arithmetic done. A model whose
+    constructor computes with tensor values (torchvision's RegNets: their widths) cannot be built there; it is built
+    and run on the CPU instead."""
     try:
-        with torch.device("meta"), torch.no_grad():
-            output = models.build(architecture, num_classes, input_shape).eval()(torch.zeros(1, *input_shape))
+        output = _one_image(architecture, input_shape, num_classes, "meta")
     except Exception as error:  # whatever stops the build or the forward pass is the problem to report
-        return f"{type(error).__name__}: {error}"
+        if not _needs_values(error):
+            return f"{type(error).__name__}: {error}"
+        try:
+            output = _one_image(architecture, input_shape, num_classes, "cpu")
+        except Exception as error_on_cpu:
+            return f"{type(error_on_cpu).__name__}: {error_on_cpu}"
     if tuple(output.shape) != (1, num_classes):
         return f"one image gives an output of shape {tuple(output.shape)}, not (1, {num_classes})"
     return None
+
+
+def _one_image(architecture: str, input_shape: tuple[int, int, int], num_classes: int, device: str) -> torch.Tensor:
+    with torch.device(device), torch.no_grad():
+        return models.build(architecture, num_classes, input_shape).eval()(torch.zeros(1, *input_shape))
+
+
+def _needs_values(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is the meta device's refusal to give a tensor's values."""
+    while error is not None:
+        if isinstance(error, NotImplementedError) and "meta tensor" in str(error):
+            return True
+        error = error.__cause__
+    return False
 
 
 def val_size_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:

@@ -9,8 +9,9 @@ Units and denominators are in every key:
   such as BatchNorm running statistics are never counted.
 - ``*_remaining`` / ``nonzero_params``: parameters whose mask is ``True``. A parameter counts by its mask, not by its
   value: an unmasked weight that happens to be exactly 0.0 still counts as remaining, and a masked one never does.
-- The *prunable* set is the weights and biases of every ``nn.Linear`` and ``nn.Conv2d``; BatchNorm affine parameters
-  are counted on their own (``batchnorm_*``), everything else under ``other_*``.
+- The *prunable* set is the weights and biases of every ``nn.Linear`` and ``nn.Conv2d`` and the packed in-projection
+  of every ``nn.MultiheadAttention`` (``relief.graph.prunable_layers``); BatchNorm affine parameters are counted on
+  their own (``batchnorm_*``), everything else under ``other_*``.
 - ``*_macs``: multiply-adds as fvcore counts them (fvcore calls one multiply-add a "flop"), at batch 1, with the model
   in eval mode (fvcore counts BatchNorm as 2 multiply-adds per element in eval mode, 5 in train mode). ``*_flops`` are
   2 x the matching ``*_macs``. fvcore counts dense shapes; ``nonzero_macs`` scales each prunable layer by its weight
@@ -32,7 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from relief.compact import compact
-from relief.graph import PRUNABLE
+from relief.graph import prunable_keys, prunable_layers
 from relief.masks import Masks, baked_copy
 
 with warnings.catch_warnings():
@@ -59,15 +60,13 @@ def _prepare(model: nn.Module, masks: Masks | None) -> _Counted:
     return _Counted(*baked_copy(model, masks))
 
 
-def _kind_of(net: nn.Module, name: str) -> str:
+def _kind_of(net: nn.Module, name: str, prunable: set[str]) -> str:
     """The kind of the parameter called ``name``: "prunable", "batchnorm" or "other"."""
+    if name in prunable:
+        return "prunable"
     module_name, _, attribute = name.rpartition(".")
-    owner = net.get_submodule(module_name)
-    if attribute in ("weight", "bias"):
-        if isinstance(owner, PRUNABLE):
-            return "prunable"
-        if isinstance(owner, _BatchNorm):
-            return "batchnorm"
+    if attribute in ("weight", "bias") and isinstance(net.get_submodule(module_name), _BatchNorm):
+        return "batchnorm"
     return "other"
 
 
@@ -95,8 +94,9 @@ def _number(value) -> int | float:
 def _parameter_counts(counted: _Counted) -> dict:
     totals = {"prunable": 0, "batchnorm": 0, "other": 0}
     remaining = dict.fromkeys(totals, 0)
+    prunable = prunable_keys(counted.net)
     for name, tensor in counted.net.named_parameters():
-        kind = _kind_of(counted.net, name)
+        kind = _kind_of(counted.net, name, prunable)
         totals[kind] += tensor.numel()
         remaining[kind] += _count(counted.masks[name])
     total, nonzero = sum(totals.values()), sum(remaining.values())
@@ -124,7 +124,8 @@ def parameter_counts(model: nn.Module, masks: Masks | None = None) -> dict:
     remaining. Keys:
 
     - ``total_params`` / ``nonzero_params``: all parameters / those remaining (unmasked), of every kind;
-    - ``prunable_params`` / ``prunable_remaining``: weights and biases of ``nn.Linear`` and ``nn.Conv2d``;
+    - ``prunable_params`` / ``prunable_remaining``: weights and biases of the prunable layers (``nn.Linear``,
+      ``nn.Conv2d``, attention in-projections);
     - ``batchnorm_params`` / ``batchnorm_remaining``: BatchNorm weights and biases (a channel whose mask is
       ``False`` counts as removed);
     - ``other_params`` / ``other_remaining``: any other parameter;
@@ -143,17 +144,16 @@ def parameter_counts(model: nn.Module, masks: Masks | None = None) -> dict:
 
 def _layer_summary(counted: _Counted) -> list[dict]:
     rows = []
-    for name, module in counted.net.named_modules():
-        if not isinstance(module, PRUNABLE):
-            continue
-        weight = counted.masks[f"{name}.weight"]
+    for name, layer in prunable_layers(counted.net).items():
+        weight = counted.masks[layer.weight_key]
         connections = weight.flatten(2).any(dim=2) if weight.dim() > 2 else weight  # (out, in): a conv kernel is one
-        bias = counted.masks.get(f"{name}.bias") if module.bias is not None else None
+        bias = counted.masks.get(layer.bias_key) if layer.bias_key is not None else None
         alive = connections.any(dim=1) | bias if bias is not None else connections.any(dim=1)
+        inputs = layer.live_inputs(weight)
         rows.append(
             {
                 "layer": name,
-                "kind": "conv" if isinstance(module, nn.Conv2d) else "linear",
+                "kind": "conv" if layer.is_conv else "linear",
                 "connections_total": connections.numel(),
                 "connections_remaining": _count(connections),
                 "weights_total": weight.numel(),
@@ -162,25 +162,26 @@ def _layer_summary(counted: _Counted) -> list[dict]:
                 "bias_remaining": _count(bias) if bias is not None else None,
                 "units_total": connections.shape[0],
                 "units_alive": _count(alive),
-                "inputs_total": connections.shape[1],
-                "inputs_alive": _count(connections.any(dim=0)),
+                "inputs_total": len(inputs),
+                "inputs_alive": sum(inputs),
             }
         )
     return rows
 
 
 def layer_summary(model: nn.Module, masks: Masks | None = None) -> list[dict]:
-    """One row per ``nn.Linear`` / ``nn.Conv2d`` of ``model``, in module order.
+    """One row per prunable layer of ``model`` (``nn.Linear``, ``nn.Conv2d``, a multi-head attention's packed
+    in-projection ``<attention>.in_proj``), in module order.
 
     - ``layer``: qualified module name; ``kind``: ``"linear"`` or ``"conv"``;
-    - ``connections_total`` / ``connections_remaining``: input-output pairs (out x in); for a conv one connection is a
-      whole kernel, remaining if any of its entries is unmasked;
+    - ``connections_total`` / ``connections_remaining``: input-output pairs (out x in, for a grouped conv out x in /
+      groups); for a conv one connection is a whole kernel, remaining if any of its entries is unmasked;
     - ``weights_total`` / ``weights_remaining``: entries of the weight tensor (for a conv, out x in x kh x kw);
     - ``bias_total`` / ``bias_remaining``: bias entries (``None`` for a layer without bias);
     - ``units_total`` / ``units_alive``: output neurons or channels; a unit is alive if any incoming weight or its
       bias is unmasked;
     - ``inputs_total`` / ``inputs_alive``: input features or channels; an input is alive (still read) if any weight
-      of its column is unmasked.
+      reading it is unmasked.
     """
     return _layer_summary(_prepare(model, masks))
 

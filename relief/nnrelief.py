@@ -3,11 +3,12 @@
     from relief import nnrelief
     masks = nnrelief.prune(model, pruning_images, alpha_conv=0.9, alpha_fc=0.95)
 
-A pass scores every Linear and Conv2d layer from one forward pass of the model as it stands, keeps for every unit
-the smallest set of incoming connections carrying a fraction alpha of its incoming signal, applies the residual rule
-at every addition, and then removes units left without inputs or without outputs until nothing changes. With
-``fc_inputs="conv-pruned"`` the Linear layers are scored on a second forward pass with the pass's conv masks applied,
-as the authors' code does; ``variant_settings("authors", architecture)`` gives all the settings their code uses.
+A pass scores every prunable layer (Linear, Conv2d, and the packed in-projection of a MultiheadAttention; see
+relief.graph) from one forward pass of the model as it stands, keeps for every unit the smallest set of incoming
+connections carrying a fraction alpha of its incoming signal, applies the residual rule at every addition, and then
+removes units left without inputs or without outputs until nothing changes. With ``fc_inputs="conv-pruned"`` the
+layers other than Conv2d are scored on a second forward pass with the pass's conv masks applied, as the authors' code
+does; ``variant_settings("authors", architecture)`` gives all the settings their code uses.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx, nn
 
-from relief.graph import EXTERNAL, PRUNABLE, LayerGraph, trace
-from relief.masks import Masks, masks_of, temporarily_masked
+from relief.graph import EXTERNAL, Layer, LayerGraph, prunable_layers, trace
+from relief.masks import Masks, any_along, masks_of, temporarily_masked
 from relief.scores import CONV_NORMS, ScoreAccumulator
 
 RULES = ("paper", "official")
@@ -36,10 +37,13 @@ def connection_scores(layer: nn.Module, inputs, conv_norm: str = "fro") -> torch
     Returns a float64 tensor of shape ``(out, in + 1)``: one score per connection (per kernel for a conv), the last
     column for the bias (0 without one). Each row sums to 1, or is all zeros when the unit receives no signal.
 
-    Linear: ``c_ij = mean_n |w_ji x_ni|``, ``c_bias = |b_j|``. Conv2d, with ``K = |kernel|`` and ``*`` the layer's own
+    Linear: ``c_ij = mean_n |w_ji x_ni|``, ``c_bias = |b_j|``; on inputs ``(N, ..., in)`` (tokens, channels-last
+    maps) the mean runs over the samples and the positions. Conv2d, with ``K = |kernel|`` and ``*`` the layer's own
     convolution over ``H x W`` output positions: ``"fro"`` (the paper) ``c_ij = mean_n ||K_ij * |x_ni| ||_F`` and
     ``c_bias = |b_j| sqrt(HW)``; ``"fro-mean"`` ``c_ij = ||K_ij * mean_n |x_ni| ||_F``, same bias; ``"l1"``
-    ``c_ij = sum(K_ij * mean_n |x_ni|)`` and ``c_bias = |b_j| HW`` (the last two are the authors' code).
+    ``c_ij = sum(K_ij * mean_n |x_ni|)`` and ``c_bias = |b_j| HW`` (the last two are the authors' code). A grouped
+    (or depthwise) conv gives ``(out, in / groups + 1)``: column i of filter j is its kernel on the i-th input channel
+    of its own group.
     """
     accumulator = ScoreAccumulator(layer, conv_norm)
     for batch in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
@@ -122,8 +126,9 @@ def prune(
     see the features the pruned convolutions will produce.
 
     Keys are tensor names as in ``named_parameters()`` of the unmasked model: ``<layer>.weight`` and ``<layer>.bias``
-    for every Linear and Conv2d (conv masks are constant over each kernel), and for every affine BatchNorm, whose
-    channel is masked when every unit feeding it has been removed.
+    for every Linear and Conv2d (conv masks are constant over each kernel), ``<attention>.in_proj_weight`` and
+    ``<attention>.in_proj_bias`` for every MultiheadAttention, and the weight and bias of every affine BatchNorm,
+    whose channel is masked when every unit feeding it has been removed.
     """
     _check_alpha("alpha_conv", alpha_conv)
     _check_alpha("alpha_fc", alpha_fc)
@@ -202,7 +207,7 @@ class Reached:
     masks: Masks
     alpha_conv: float
     alpha_fc: float
-    remaining: int  # prunable weights+biases (every Linear and Conv2d weight and bias) left unpruned
+    remaining: int  # prunable weights+biases (relief.graph.prunable_layers) left unpruned
     target: int
     steps: int  # selections tried (one scoring pass in all)
 
@@ -233,7 +238,8 @@ def prune_to(
     ``remaining``, or, when no alpha reaches that close, the reachable count nearest to it.
     ``alpha_search``: ``"ratio"`` moves alpha_conv and alpha_fc together at their given ratio (alpha_conv /
     alpha_fc stays fixed, the larger one spans (0, 1]); ``"same"`` uses one alpha for both. Arguments otherwise
-    as in :func:`prune`; the count is over every ``nn.Linear`` and ``nn.Conv2d`` weight and bias of ``model``.
+    as in :func:`prune`; the count is over every prunable weight and bias of ``model`` (every ``nn.Linear`` and
+    ``nn.Conv2d`` weight and bias, and the packed in-projection of every ``nn.MultiheadAttention``).
     """
     _check_alpha("alpha_conv", alpha_conv)
     _check_alpha("alpha_fc", alpha_fc)
@@ -271,14 +277,12 @@ def prune_to(
 
 
 def _prunable_sizes(model: nn.Module) -> dict[str, int]:
-    """The number of entries of every Linear and Conv2d weight and bias, by tensor name."""
+    """The number of entries of every prunable weight and bias (``relief.graph.prunable_layers``), by tensor name."""
     sizes = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE):
-            prefix = f"{module_name}." if module_name else ""
-            sizes[f"{prefix}weight"] = module.weight.numel()
-            if module.bias is not None:
-                sizes[f"{prefix}bias"] = module.bias.numel()
+    for layer in prunable_layers(model).values():
+        sizes[layer.weight_key] = layer.weight.numel()
+        if layer.bias_key is not None:
+            sizes[layer.bias_key] = layer.bias.numel()
     return sizes
 
 
@@ -299,27 +303,32 @@ def clean_up(graph: LayerGraph, masks: Masks) -> None:
     incoming connections and its bias are all pruned; BatchNorm channels fed only by removed units are masked.
     Units whose signal reaches the model output (the output layer's) are never removed.
     """
-    consumers = graph.consumers()
+    readers = graph.readers()
+    read_through: dict = {}  # unit -> the source sets holding it
+    for sources in readers:
+        for unit in sources:
+            read_through.setdefault(unit, []).append(sources)
     changed = True
     while changed:
         changed = False
         alive = _alive_units(graph, masks)
-        for layer, sources in graph.columns.items():
-            weight = masks[f"{layer}.weight"]
-            live_columns = _live_columns(weight).tolist()
-            dead = [i for i, units in enumerate(sources) if live_columns[i] and not _any_alive(units, alive)]
+        fed = {sources: _any_alive(sources, alive) for sources in readers}
+        for name, sources in graph.columns.items():
+            layer, weight = graph.layers[name], masks[graph.layers[name].weight_key]
+            live_inputs = layer.live_inputs(weight)
+            dead = [i for i, units in enumerate(sources) if live_inputs[i] and not fed[units]]
             if dead:
-                weight[:, dead] = False
+                layer.prune_inputs(weight, dead)
                 changed = True
-        live_columns = {
-            layer: _live_columns(masks[f"{layer}.weight"]).tolist() for layer in graph.columns
-        }
-        for layer, module in graph.layers.items():
-            for unit, unit_alive in enumerate(alive[layer]):
-                if not unit_alive or (layer, unit) in graph.outputs:
+        live_inputs = {name: graph.layers[name].live_inputs(masks[graph.layers[name].weight_key])
+                       for name in graph.columns}
+        read = {sources: any(live_inputs[name][i] for name, i in pairs) for sources, pairs in readers.items()}
+        for name, layer in graph.layers.items():
+            for unit, unit_alive in enumerate(alive[name]):
+                if not unit_alive or (name, unit) in graph.outputs:
                     continue
-                if not any(live_columns[c][i] for c, i in consumers.get((layer, unit), ())):
-                    _remove_unit(masks, layer, module, unit)
+                if not any(read[sources] for sources in read_through.get((name, unit), ())):
+                    _remove_unit(masks, layer, unit)
                     changed = True
     alive = _alive_units(graph, masks)
     for name, sources in graph.batchnorms.items():
@@ -333,12 +342,12 @@ def _select(graph, scores, alpha_conv, alpha_fc, rule, previous) -> Masks:
     result = {}
     for name, ranked in scores.items():
         layer = graph.layers[name]
-        keep = _keep(ranked, alpha_conv if isinstance(layer, nn.Conv2d) else alpha_fc, rule)
+        keep = _keep(ranked, alpha_conv if layer.is_conv else alpha_fc, rule)
         weight = layer.weight
         weight_keep = keep[:, : weight.shape[1]].reshape(*keep.shape[:1], weight.shape[1], *[1] * (weight.dim() - 2))
-        result[f"{name}.weight"] = weight_keep.expand_as(weight).clone()
+        result[layer.weight_key] = weight_keep.expand_as(weight).clone()
         if layer.bias is not None:
-            result[f"{name}.bias"] = keep[:, -1].clone()
+            result[layer.bias_key] = keep[:, -1].clone()
     for name in graph.batchnorms:
         module = graph.traced.get_submodule(name)
         if module.affine:
@@ -351,26 +360,29 @@ def _select(graph, scores, alpha_conv, alpha_fc, rule, previous) -> Masks:
 
 
 def _rescore_linears(scored: Scored, alpha_fc: float, rule: str, result: Masks) -> None:
-    """Replace the Linear layers' masks in ``result`` by their selection on a forward pass with the conv masks on.
+    """Replace the Linear layers' masks in ``result`` (and those of attention in-projections, the layers other than
+    Conv2d) by their selection on a forward pass with the conv masks on.
 
     Before that pass, units are removed as :func:`clean_up` would remove them if the Linear layers kept every column
     that received a signal, so that a unit silent on the pruning set, which the authors' code zeroes (kernels, bias
     and BatchNorm), emits nothing instead of what its remaining kernels would pass.
     """
     graph, previous = scored.graph, scored.previous
-    linears = [name for name, layer in graph.layers.items() if isinstance(layer, nn.Linear)]
+    linears = [name for name, layer in graph.layers.items() if not layer.is_conv]
     if not linears:
         return
+    linear_keys = {key for name in linears for key in (graph.layers[name].weight_key, graph.layers[name].bias_key)}
     provisional = {name: mask.clone() for name, mask in result.items()}
     for name in linears:
+        layer = graph.layers[name]
         silent = scored.recorder.accumulators[name].total.reshape(-1) == 0
-        provisional[f"{name}.weight"] = _previous_or_all(previous, f"{name}.weight", graph.layers[name].weight)
-        provisional[f"{name}.weight"][:, silent] = False
-        if graph.layers[name].bias is not None:
-            provisional[f"{name}.bias"] = _previous_or_all(previous, f"{name}.bias", graph.layers[name].bias)
+        provisional[layer.weight_key] = _previous_or_all(previous, layer.weight_key, layer.weight)
+        provisional[layer.weight_key][:, silent] = False
+        if layer.bias is not None:
+            provisional[layer.bias_key] = _previous_or_all(previous, layer.bias_key, layer.bias)
     clean_up(graph, provisional)
-    conv_pruned = {key: mask for key, mask in provisional.items() if key.rpartition(".")[0] not in linears}
-    linear_previous = {key: mask for key, mask in previous.items() if key.rpartition(".")[0] in linears}
+    conv_pruned = {key: mask for key, mask in provisional.items() if key not in linear_keys}
+    linear_previous = {key: mask for key, mask in previous.items() if key in linear_keys}
     model = scored.model
     with _evaluating(model), temporarily_masked(model, linear_previous), temporarily_masked(model, conv_pruned), \
             torch.no_grad():
@@ -379,7 +391,7 @@ def _rescore_linears(scored: Scored, alpha_fc: float, rule: str, result: Masks) 
             second.run(batch)
         scores = _ranked_scores(graph, second)
     rescored = _select(graph, scores, 1.0, alpha_fc, rule, previous)
-    result.update({key: rescored[key] for key in result if key.rpartition(".")[0] in linears})
+    result.update({key: rescored[key] for key in result if key in linear_keys})
 
 
 def _previous_or_all(previous: Masks, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -391,45 +403,34 @@ def _previous_or_all(previous: Masks, name: str, tensor: torch.Tensor) -> torch.
 def _residual_rule(graph, recorder, alpha_conv, alpha_fc, masks) -> None:
     """At each addition, channel k of an operand whose strength is below (1-alpha)/alpha of the other's is pruned."""
     for addition in graph.residual_adds:
-        if len(addition.operands) != 2:
+        if len(addition.operands) != 2 or not recorder.same_shapes(addition.node):
             continue
-        strengths = [recorder.strength(addition.node, i) for i in range(2)]
         for i, producer in enumerate(addition.producers):
             if producer is None:  # a parameter-free path (identity, padding): nothing to mask
                 continue
-            layer = graph.layers[producer]
-            alpha = alpha_conv if isinstance(layer, nn.Conv2d) else alpha_fc
+            axis = addition.axes[i]
+            strengths = [recorder.strength(addition.node, k, axis) for k in range(2)]
+            alpha = alpha_conv if graph.layers[producer].is_conv else alpha_fc
             weak = alpha * strengths[i] < (1 - alpha) * strengths[1 - i]
             for channel in weak.nonzero().flatten().tolist():
                 for unit_layer, unit in addition.channels[i][channel]:
-                    _remove_unit(masks, unit_layer, graph.layers[unit_layer], unit)
+                    _remove_unit(masks, graph.layers[unit_layer], unit)
 
 
-def _remove_unit(masks: Masks, layer: str, module: nn.Module, unit: int) -> None:
-    masks[f"{layer}.weight"][unit] = False
-    if module.bias is not None:
-        masks[f"{layer}.bias"][unit] = False
+def _remove_unit(masks: Masks, layer: Layer, unit: int) -> None:
+    masks[layer.weight_key][unit] = False
+    if layer.bias is not None:
+        masks[layer.bias_key][unit] = False
 
 
 def _alive_units(graph: LayerGraph, masks: Masks) -> dict[str, list[bool]]:
     alive = {}
-    for layer, module in graph.layers.items():
-        rows = _any(masks[f"{layer}.weight"].flatten(1), dim=1)
-        if module.bias is not None:
-            rows = rows | masks[f"{layer}.bias"]
-        alive[layer] = rows.tolist()
+    for name, layer in graph.layers.items():
+        rows = any_along(masks[layer.weight_key].flatten(1), dim=1)
+        if layer.bias is not None:
+            rows = rows | masks[layer.bias_key]
+        alive[name] = rows.tolist()
     return alive
-
-
-def _any(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """``mask.any(dim)``, through uint8: bool reductions are slow on CPU (14 ms against 0.04 ms for 500 x 800)."""
-    return mask.view(torch.uint8).amax(dim=dim).bool()
-
-
-def _live_columns(weight: torch.Tensor) -> torch.Tensor:
-    """Per input column (Linear) or input channel (Conv2d), whether any connection of it is kept."""
-    per_connection = weight if weight.dim() == 2 else _any(weight.flatten(2), dim=2)
-    return _any(per_connection, dim=0)
 
 
 def _any_alive(units, alive) -> bool:
@@ -442,15 +443,21 @@ class _PassRecorder(fx.Interpreter):
     def __init__(self, graph: LayerGraph, conv_norm: str, layers: Iterable[str] | None = None):
         super().__init__(graph.traced)
         self.conv_norm = conv_norm
-        self.accumulators = {name: ScoreAccumulator(graph.layers[name], conv_norm) for name in layers or graph.layers}
+        self.accumulators = {
+            name: ScoreAccumulator(graph.layers[name].scored, conv_norm) for name in layers or graph.layers
+        }
+        self.taps = graph.taps
         nodes = {node.name: node for node in graph.traced.graph.nodes}
         self.additions = {a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds}
         self.sums: dict[str, list[torch.Tensor]] = {}
         self.counts: dict[str, int] = {}
 
     def run_node(self, node: fx.Node):
-        if node.op == "call_module" and node.target in self.accumulators:
-            self.accumulators[node.target].add(self.env[node.args[0]])
+        if node.name in self.taps:
+            args, kwargs = self.fetch_args_kwargs_from_env(node)
+            for layer, tap in self.taps[node.name]:
+                if layer in self.accumulators:
+                    self.accumulators[layer].add(tap(args, kwargs))
         elif node.name in self.additions:
             operands = [self.env[n] for n in self.additions[node.name]]
             sums = [x.abs().sum(0, dtype=torch.float64) for x in operands]
@@ -460,9 +467,13 @@ class _PassRecorder(fx.Interpreter):
             self.counts[node.name] = self.counts.get(node.name, 0) + operands[0].shape[0]
         return super().run_node(node)
 
-    def strength(self, addition: str, operand: int) -> torch.Tensor:
-        """Per channel, the Frobenius norm over positions of the operand's mean absolute value."""
-        mean = self.sums[addition][operand] / self.counts[addition]
+    def same_shapes(self, addition: str) -> bool:
+        return len({tuple(s.shape) for s in self.sums[addition]}) == 1
+
+    def strength(self, addition: str, operand: int, axis: int) -> torch.Tensor:
+        """Per channel along ``axis`` (of the batched tensor), the Frobenius norm over the other axes of the
+        operand's mean absolute value."""
+        mean = (self.sums[addition][operand] / self.counts[addition]).movedim(axis - 1, 0)
         return mean.flatten(1).norm(dim=1) if mean.dim() > 1 else mean
 
 

@@ -21,14 +21,15 @@ class ScoreAccumulator:
     def __init__(self, layer: nn.Module, conv_norm: str = "fro"):
         if conv_norm not in CONV_NORMS:
             raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {conv_norm!r}")
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        is_linear = isinstance(layer, nn.Linear) or (
+            not isinstance(layer, nn.Module) and getattr(layer, "weight", None) is not None and layer.weight.dim() == 2)
+        if not is_linear and not isinstance(layer, nn.Conv2d):
             raise TypeError(f"NNrelief scores nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
         if isinstance(layer, nn.Conv2d):
-            if layer.groups != 1:
-                raise ValueError(f"grouped convolutions (groups={layer.groups}) are not supported; use groups=1")
             if layer.padding_mode != "zeros":
                 raise ValueError(f"only padding_mode='zeros' is supported, got {layer.padding_mode!r}")
         self.layer = layer
+        self.is_conv = isinstance(layer, nn.Conv2d)
         self.conv_norm = conv_norm
         self.count = 0
         self.total: torch.Tensor | None = None
@@ -38,7 +39,7 @@ class ScoreAccumulator:
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
         x = x.detach()
-        if isinstance(self.layer, nn.Linear):
+        if not self.is_conv:
             x = x.reshape(-1, x.shape[-1])
             self._accumulate(x.abs().sum(0, dtype=torch.float64), x.shape[0])
         elif self.conv_norm == "fro":
@@ -56,7 +57,7 @@ class ScoreAccumulator:
             raise ValueError("no inputs were given to score the layer")
         weight = self.layer.weight.detach().abs().to(torch.float64)
         mean = self.total / self.count
-        if isinstance(self.layer, nn.Linear):
+        if not self.is_conv:
             connections = weight * mean
             bias_scale = 1.0
         elif self.conv_norm == "fro":
@@ -64,13 +65,13 @@ class ScoreAccumulator:
             bias_scale = math.sqrt(self.positions)
         else:
             patches = self._patches(mean.unsqueeze(0).to(weight.dtype))[0]  # (in, k*k, positions)
-            kernels = weight.flatten(2)
+            kernels = _grouped(weight.flatten(2), self.layer.groups)  # (in, out / groups, k*k)
             if self.conv_norm == "fro-mean":
                 squares = torch.bmm(_pair_products(kernels), _gram_pairs(patches[None]))
-                connections = squares[..., 0].transpose(0, 1).clamp_min(0).sqrt()
+                connections = _ungrouped(squares[..., 0], self.layer.groups).clamp_min(0).sqrt()
                 bias_scale = math.sqrt(self.positions)
             else:
-                connections = torch.einsum("oip,ip->oi", kernels, patches.sum(-1))
+                connections = _ungrouped(torch.einsum("iop,ip->io", kernels, patches.sum(-1)), self.layer.groups)
                 bias_scale = float(self.positions)
         bias = self.layer.bias
         bias = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device) if bias is None else (
@@ -90,8 +91,8 @@ class ScoreAccumulator:
     def _fro_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel, without per-kernel output maps."""
         if self.products is None:
-            kernels = self.layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in, k*k)
-            self.products = _pair_products(kernels)
+            kernels = self.layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in / groups, k*k)
+            self.products = _pair_products(_grouped(kernels, self.layer.groups))
         in_channels, out_channels, _ = self.products.shape
         taps = math.prod(self.layer.kernel_size)
         positions = _output_positions(self.layer, x.shape[-2:])
@@ -99,21 +100,35 @@ class ScoreAccumulator:
         total = torch.zeros(in_channels, out_channels, dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], chunk):
             grams = _gram_pairs(self._patches(x[start:start + chunk]))  # (in, pairs, n)
-            squares = torch.bmm(self.products, grams)  # (in, out, n): ||K_ij * |x_ni| ||_F^2
+            squares = torch.bmm(self.products, grams)  # (in, out / groups, n): ||K_ij * |x_ni| ||_F^2
             total += squares.clamp_min_(0).sqrt_().sum(-1)
-        return total.transpose(0, 1)
+        return _ungrouped(total, self.layer.groups)
 
 
 def _pairs(taps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.triu_indices(taps, taps, device=device).unbind(0)
 
 
+def _grouped(kernels: torch.Tensor, groups: int) -> torch.Tensor:
+    """Kernels ``(out, in / groups, k*k)`` by input channel: ``(in, out / groups, k*k)``, the kernels of the filters
+    of the channel's group that read it (for groups = 1, every filter's)."""
+    out, per_group, taps = kernels.shape
+    grouped = kernels.reshape(groups, out // groups, per_group, taps).transpose(1, 2)
+    return grouped.reshape(groups * per_group, out // groups, taps)
+
+
+def _ungrouped(per_input: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(in, out / groups)`` values by input channel back to the weight's layout ``(out, in / groups)``."""
+    inputs, rows = per_input.shape
+    return per_input.reshape(groups, inputs // groups, rows).transpose(1, 2).reshape(groups * rows, inputs // groups)
+
+
 def _pair_products(kernels: torch.Tensor) -> torch.Tensor:
-    """For kernels ``(out, in, k*k)``: k_p k_q for p <= q, doubled off the diagonal, as ``(in, out, pairs)``,
+    """For kernels ``(in, out, k*k)``: k_p k_q for p <= q, doubled off the diagonal, as ``(in, out, pairs)``,
     so that k^T G k is the sum over pairs of these times G_pq."""
     first, second = _pairs(kernels.shape[-1], kernels.device)
     weights = torch.where(first == second, 1.0, 2.0).to(kernels.dtype)
-    kernels = kernels.transpose(0, 1).contiguous()
+    kernels = kernels.contiguous()
     return kernels.index_select(2, first) * kernels.index_select(2, second) * weights
 
 

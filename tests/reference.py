@@ -56,12 +56,20 @@ def _single_map(layer: nn.Conv2d, channel: torch.Tensor, kernel: torch.Tensor) -
         )[0, 0]
 
 
+def _input_channel(layer: nn.Conv2d, j: int, i: int) -> int:
+    """The input channel that kernel i of filter j reads: filter j belongs to group j // (out / groups), which reads
+    input channels group * (in / groups) ... (group + 1) * (in / groups) - 1."""
+    group = j // (layer.out_channels // layer.groups)
+    return group * (layer.in_channels // layer.groups) + i
+
+
 def conv_scores(layer: nn.Conv2d, x: torch.Tensor, conv_norm: str = "fro") -> torch.Tensor:
-    """Kernel scores of a Conv2d (groups=1) on ``x`` of shape (N, in, H_in, W_in), rows normalised to sum 1."""
+    """Kernel scores of a Conv2d (any groups) on ``x`` of shape (N, in, H_in, W_in): ``(out, in / groups + 1)``,
+    column i of row j for the kernel of filter j on its group's i-th input channel, rows normalised to sum 1."""
     w = layer.weight.detach().to(torch.float64)
     x = x.detach().to(torch.float64)
-    n_samples, n_in = x.shape[:2]
-    n_out = w.shape[0]
+    n_samples = x.shape[0]
+    n_out, n_in = w.shape[:2]  # n_in: input channels per group
     raw = torch.zeros(n_out, n_in + 1, dtype=torch.float64)
     positions = None
     if conv_norm == "fro":
@@ -69,7 +77,7 @@ def conv_scores(layer: nn.Conv2d, x: torch.Tensor, conv_norm: str = "fro") -> to
             for i in range(n_in):
                 total = 0.0
                 for n in range(n_samples):
-                    out_map = _single_map(layer, x[n, i].abs(), w[j, i])
+                    out_map = _single_map(layer, x[n, _input_channel(layer, j, i)].abs(), w[j, i])
                     positions = out_map.numel()
                     total += math.sqrt(float((out_map * out_map).sum()))
                 raw[j, i] = total / n_samples
@@ -80,7 +88,7 @@ def conv_scores(layer: nn.Conv2d, x: torch.Tensor, conv_norm: str = "fro") -> to
         mean_abs /= n_samples
         for j in range(n_out):
             for i in range(n_in):
-                out_map = _single_map(layer, mean_abs[i], w[j, i])
+                out_map = _single_map(layer, mean_abs[_input_channel(layer, j, i)], w[j, i])
                 positions = out_map.numel()
                 if conv_norm == "fro-mean":
                     raw[j, i] = math.sqrt(float((out_map * out_map).sum()))

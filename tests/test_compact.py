@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -91,3 +92,14 @@ def test_a_stream_channel_still_read_somewhere_stays():
     masks["layer3.1.conv1.weight"][:, 0] = False  # layer3.2.conv1 and fc still read channel 0
     small = compact(model, masks, torch.rand(2, 3, 32, 32))
     assert small.fc.in_features == 64
+
+
+def test_a_compaction_that_would_change_the_outputs_is_refused(monkeypatch):
+    import relief.compact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    masks = _all_kept(model)
+    monkeypatch.setattr(relief.compact, "_removable_units", lambda graph, masks: {"0": [1]})  # unit 1 is read
+    with pytest.raises(relief.compact.CompactionError, match="changed its outputs"):
+        compact(model, masks, torch.randn(8, 4))

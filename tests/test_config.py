@@ -194,7 +194,11 @@ BAD_VALUE = {  # values of the right type that are out of range or not allowed, 
     },
     Experiment: {
         "dataset": [Bad("imagenet", one_of(sorted(DATASETS)))],
-        "architectures": [Bad([], NO_ITEMS), Bad(["lenet5", "alexnet"], one_of(MODEL_NAMES))],
+        "architectures": [
+            Bad([], NO_ITEMS),
+            Bad(["lenet5", "alexnet"], f"known models: {', '.join(MODEL_NAMES)}, or torchvision:<name>"),
+            Bad(["torchvision:resnet"], "unknown torchvision model 'resnet'"),
+        ],
         "optimizers": [Bad({}, NO_ITEMS), Bad({"rmsprop": {"lr": 0.1}}, "'adam' or 'sgd'")],
         "pruners": [
             Bad([], NO_ITEMS),

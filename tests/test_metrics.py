@@ -341,3 +341,28 @@ def test_nothing_remaining_gives_no_ratio_rather_than_infinity():
     counts = parameter_counts(model, masks)
     assert counts["prunable_remaining"] == 0
     assert counts["compression_ratio_prunable"] is None and counts["remaining_pct_of_prunable"] == 0.0
+
+
+def test_attention_in_projections_and_grouped_convolutions_are_counted_as_prunable():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16,
+                            num_classes=3)
+    x = torch.rand(4, 3, 32, 32)
+    masks = nnrelief.prune(vit, x)
+    summary = summarise(vit, masks, x[:1])
+    in_proj = "encoder.layers.encoder_layer_0.self_attention.in_proj"
+    row = next(r for r in summary["layers"] if r["layer"] == in_proj)
+    assert (row["units_total"], row["inputs_total"], row["weights_total"]) == (24, 8, 24 * 8)
+    assert row["weights_remaining"] == int(masks[f"{in_proj}_weight"].sum())
+    prunable = sum(p.numel() for n, p in vit.named_parameters()
+                   if n.startswith(("conv_proj", "heads", f"{in_proj}_")) or ".mlp." in n or "out_proj" in n)
+    assert summary["parameters"]["prunable_params"] == prunable
+    json.dumps(summary)
+
+    depthwise = nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 3, groups=6), nn.Flatten(), nn.Linear(6 * 4 * 4, 2))
+    masks = {"1.weight": torch.ones(6, 1, 3, 3, dtype=torch.bool)}
+    masks["1.weight"][2] = False
+    row = layer_summary(depthwise, masks)[1]
+    assert (row["connections_total"], row["inputs_total"], row["inputs_alive"], row["units_alive"]) == (6, 6, 5, 6)

@@ -2,6 +2,7 @@ from functools import cache
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from relief.models import MODEL_NAMES, REGISTRY, ChannelPadShortcut, build
@@ -228,3 +229,58 @@ def test_no_inplace_relu_and_initialisation(name):
             assert torch.count_nonzero(module.bias) == 0
         if isinstance(module, nn.BatchNorm2d):
             assert torch.all(module.weight == 1) and torch.count_nonzero(module.bias) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- torchvision
+
+
+def test_a_torchvision_model_is_torchvisions_with_the_datas_classes():
+    torch.manual_seed(0)
+    model = build("torchvision:resnet18", 7, (3, 32, 32))
+    torch.manual_seed(0)
+    expected = torchvision.models.resnet18(weights=None, num_classes=7)
+    assert model.state_dict().keys() == expected.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+
+
+def test_a_grey_image_is_read_by_the_stems_first_input_channel():
+    torch.manual_seed(0)
+    model = build("torchvision:mobilenet_v3_small", 10, (1, 28, 28)).eval()
+    torch.manual_seed(0)
+    reference = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10).eval()
+    stem = model.features[0][0]
+    assert stem.in_channels == 1 and torch.equal(stem.weight, reference.features[0][0].weight[:, :1])
+    x = torch.rand(2, 1, 28, 28)
+    padded = torch.cat([x, torch.zeros(2, 2, 28, 28)], dim=1)  # the same image as the red channel of an RGB one
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(padded))
+
+
+@pytest.mark.parametrize(
+    ("name", "input_shape", "message"),
+    [
+        ("torchvision:alexnet", (1, 28, 28), "cannot take inputs of shape"),
+        ("torchvision:vit_b_16", (3, 28, 28), "indivisible by patch size"),
+        ("torchvision:vit_b_16", (3, 32, 48), "square"),
+        ("torchvision:resnet18", (4, 32, 32), "3 channels"),
+        ("torchvision:resnet", (3, 32, 32), "unknown torchvision model 'resnet'"),
+    ],
+)
+def test_a_torchvision_model_refuses_what_it_cannot_take(name, input_shape, message):
+    with pytest.raises(ValueError, match=message):
+        build(name, 10, input_shape)
+
+
+def test_every_torchvision_classification_model_is_an_architecture():
+    from relief.models import check_architecture
+
+    for name in torchvision.models.list_models(module=torchvision.models):
+        assert check_architecture(f"torchvision:{name}") == f"torchvision:{name}"
+    with pytest.raises(ValueError, match="torchvision:<name>"):
+        check_architecture("vit_b_16")
+
+
+@pytest.mark.parametrize(("name", "size"), [("vit_b_16", 32), ("googlenet", 32), ("inception_v3", 75)])
+def test_size_arguments_and_auxiliary_classifiers(name, size):
+    model = build(f"torchvision:{name}", 10, (3, size, size)).train()
+    assert model(torch.rand(2, 3, size, size)).shape == (2, 10)  # the logits alone, also in training mode

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,25 @@ def test_mlflow_opens_on_the_runs_with_the_jobs_own_times(tiny_study):
         assert run.info.end_time - run.info.start_time > 1000, "a job of the tiny study takes seconds"
         assert run.info.run_name.startswith(("dense / adam / seed 0", "nnrelief / adam / seed 0",
                                              "magnitude / adam / seed 0"))
+
+
+def test_a_torchvision_architecture_runs_through_the_pipeline(tmp_path):
+    import torchvision
+
+    snakemake(tmp_path, config=REPO / "tests" / "studies" / "torchvision.yaml")
+    client, runs = mlflow_runs(tmp_path, "torchvision")
+    assert sorted(r.data.tags["pruner"] for r in runs) == ["nnrelief", "none"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["architecture"] == "torchvision:mobilenet_v3_small"
+    (pruned,) = (tmp_path / "runs" / "prune").iterdir()
+    config = json.loads((pruned / "config.json").read_text())
+    recorded = config["packages"]["torchvision"]  # the installed distribution's version, without a local "+cu130"
+    assert recorded == metadata.version("torchvision") and torchvision.__version__.split("+")[0] == recorded
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert 0 < metrics["iterations"][-1]["parameters"]["remaining_pct_of_prunable"] < 100
+    assert (pruned / "compact.pt").exists()
+    assert "torchvision:mobilenet_v3_small" in (tmp_path / "results" / "summary.md").read_text()
 
 
 def test_a_second_run_has_nothing_to_do_and_duplicates_nothing(tiny_study):

@@ -183,10 +183,72 @@ def test_output_layer_neurons_are_never_removed():
     assert rows.all()
 
 
-def test_grouped_convolutions_are_rejected_clearly():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
-    with pytest.raises(UnsupportedOperation, match="groups"):
-        nnrelief.prune(model, torch.rand(2, 4, 8, 8))
+class DepthwiseBlock(nn.Module):
+    """MobileNet's inverted residual without the residual: expand 1x1, depthwise 3x3, project 1x1, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 6, 1, bias=False)
+        self.expand_bn = nn.BatchNorm2d(6)
+        self.depthwise = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.depthwise_bn = nn.BatchNorm2d(6)
+        self.project = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = F.relu6(self.expand_bn(self.expand(x)))
+        x = F.relu6(self.depthwise_bn(self.depthwise(x)))
+        return self.head(F.adaptive_avg_pool2d(self.project(x), 1).flatten(1))
+
+
+def _all_kept(model):
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
+
+
+def test_a_depthwise_channel_lives_or_dies_with_its_input():
+    torch.manual_seed(0)
+    model, x = DepthwiseBlock(), torch.rand(8, 3, 6, 6)
+    _train_bn_statistics(model, x)
+    masks = _all_kept(model)
+    masks["project.weight"][:, 2] = False  # nothing reads depthwise channel 2: it goes, and expand's channel 2
+    masks["expand.weight"][4] = False  # expand's channel 4 is removed: depthwise channel 4 reads nothing
+    nnrelief.clean_up(trace(model, x[:1]), masks)
+    for channel in (2, 4):
+        assert not masks["expand.weight"][channel].any() and not masks["depthwise.weight"][channel].any()
+        assert not masks["expand_bn.weight"][channel] and not masks["depthwise_bn.bias"][channel]
+        assert not masks["project.weight"][:, channel].any()
+    assert masks["depthwise.weight"][[0, 1, 3, 5]].all() and masks["expand.weight"][[0, 1, 3, 5]].all()
+
+    masked = apply_masks(copy.deepcopy(model), masks).eval()
+    small = compact(masked, masks, x)
+    assert small.expand.out_channels == small.depthwise.out_channels == small.depthwise.groups == 4
+    assert small.depthwise.in_channels == small.project.in_channels == small.depthwise_bn.num_features == 4
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), masked(x))
+
+
+def test_grouped_convolutions_are_pruned_and_compact_keeps_their_units():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),  # ResNeXt-like groups
+        nn.Conv2d(8, 16, 3, groups=8), nn.ReLU(),  # depthwise with a channel multiplier of 2
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
+    )
+    x = torch.rand(16, 3, 7, 7)
+    masks = nnrelief.prune(model, x, alpha_conv=0.6, alpha_fc=0.6)
+    assert masks["2.weight"].shape == (8, 4, 3, 3) and masks["4.weight"].shape == (16, 1, 3, 3)
+    assert not masks["2.weight"].all() and not masks["4.weight"].all()
+    for name in ("2.weight", "4.weight"):  # one decision per kernel
+        assert torch.equal(masks[name], masks[name][:, :, :1, :1].expand_as(masks[name]))
+    masks = _all_kept(model)
+    masks["4.weight"][:2] = masks["4.bias"][:2] = masks["8.weight"][:, :2] = False  # nothing reads channel 0 of 2
+    nnrelief.clean_up(trace(model, x[:1]), masks)
+    assert not masks["2.weight"][0].any() and not masks["2.bias"][0]  # removed (masked)
+    masked = apply_masks(copy.deepcopy(model), masks).eval()
+    small = compact(masked, masks, x)  # but not physically: a grouped conv cannot lose part of a group
+    assert [small[i].weight.shape for i in (0, 2, 4)] == [model[i].weight.shape for i in (0, 2, 4)]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), masked(x))
 
 
 def test_an_operation_it_cannot_follow_is_named():
@@ -304,3 +366,33 @@ def test_conv_pruned_a_unit_silent_on_the_pruning_set_stays_silent():
         masks = nnrelief.prune(model, x, alpha_conv=0.6, alpha_fc=0.9, fc_inputs=fc_inputs)
         assert not masks["0.weight"][0].any() and not masks["3.weight"][:, :4].any(), fc_inputs
         assert masks["0.weight"][1].any() and masks["3.weight"][:, 4:].any(), fc_inputs
+
+
+class _ConvAttention(nn.Module):
+    """A conv stem whose channels become the features of tokens, self-attention over them, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = F.relu(self.stem(x)).flatten(2).transpose(1, 2)
+        out, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return self.head(out.mean(1))
+
+
+def test_conv_pruned_fc_inputs_score_attention_on_the_pruned_stem():
+    """The reference: the stem's masks of the conv-pruned pass applied to a copy, and a pass over that copy that keeps
+    the stem as it is (alpha 1): its layers other than the conv (the attention's in- and out-projection, the head)
+    are scored on the pruned stem's features, which is what fc_inputs="conv-pruned" must do in one pass."""
+    torch.manual_seed(0)
+    model, x = _ConvAttention().eval(), torch.rand(12, 3, 6, 6)
+    masks = nnrelief.prune(model, x, alpha_conv=0.7, alpha_fc=0.9, fc_inputs="conv-pruned")
+    stem = {key: masks[key] for key in ("stem.weight", "stem.bias")}
+    reference = nnrelief.prune(apply_masks(copy.deepcopy(model), stem), x, alpha_conv=1.0, alpha_fc=0.9)
+    others = ("attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight", "head.weight")
+    assert all(torch.equal(masks[key], reference[key]) for key in others)
+    unpruned = nnrelief.prune(model, x, alpha_conv=0.7, alpha_fc=0.9)
+    assert not torch.equal(unpruned["attention.in_proj_weight"], masks["attention.in_proj_weight"])

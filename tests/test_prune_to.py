@@ -100,3 +100,18 @@ def test_bad_arguments_are_refused(bad, message):
     arguments = {"remaining": 10, **bad}
     with pytest.raises(ValueError, match=message):
         nnrelief.prune_to(_tiny_mlp(), X_TINY, **arguments)
+
+
+def test_attention_in_projections_are_counted():
+    """The count prune_to bisects on holds every prunable tensor, the packed in-projection of an attention too:
+    relief.metrics, which counts by relief.graph.prunable_layers, agrees."""
+    from test_graph import _SelfAttention
+
+    torch.manual_seed(0)
+    model, x = _SelfAttention().eval(), torch.rand(16, 5, 3)
+    total = metrics.parameter_counts(model)["prunable_params"]
+    assert total == sum(p.numel() for p in model.parameters())  # embed, in_proj, out_proj, head: all prunable
+    for target in (total // 2, total // 4):
+        found = nnrelief.prune_to(model, x, target)
+        assert "attention.in_proj_weight" in found.masks
+        assert found.remaining == _count(_copy(model), found.masks)

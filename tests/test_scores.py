@@ -166,10 +166,43 @@ def test_conv_float64_layer_and_input():
         assert_close(connection_scores(layer, x, norm), reference.scores(layer, x, norm), rtol=1e-10, atol=1e-12)
 
 
-def test_grouped_conv_rejected():
-    layer = nn.Conv2d(4, 2, 3, groups=2)
-    with pytest.raises(ValueError, match="group"):
-        connection_scores(layer, torch.randn(2, 4, 6, 6))
+# name -> (in_channels, out_channels, groups): groups 1 and 2, depthwise, depthwise with a channel multiplier of 2
+GROUPED_CASES = {"groups1": (4, 6, 1), "groups2": (4, 6, 2), "depthwise": (4, 4, 4), "multiplier2": (4, 8, 4)}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("case", list(GROUPED_CASES))
+def test_grouped_conv_matches_reference(case, norm):
+    in_channels, out_channels, groups = GROUPED_CASES[case]
+    layer = _conv(in_channels=in_channels, out_channels=out_channels, groups=groups, stride=2, padding=2, dilation=2)
+    x = _inputs(3, in_channels, 7, 8)
+    got = connection_scores(layer, x, conv_norm=norm)
+    assert got.shape == (out_channels, in_channels // groups + 1)
+    assert_close(got, reference.scores(layer, x, norm), rtol=RTOL, atol=ATOL)
+
+
+def test_depthwise_conv_hand_computed():
+    # Two depthwise 1x1 filters: filter c reads input channel c only; 2x2 maps, H*W = 4.
+    layer = nn.Conv2d(2, 2, 1, groups=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([2.0, -3.0]).reshape(2, 1, 1, 1))
+        layer.bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [0.0, 0.0]]]])
+    # filter 0: ||2 * x_0||_F = 2, bias 1 * sqrt(4) = 2 -> (1/2, 1/2); filter 1: ||3 * x_1|| = 6, no bias -> (1, 0)
+    expected = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    for norm in ("fro", "fro-mean"):
+        assert_close(connection_scores(layer, x, norm), expected, rtol=1e-7, atol=1e-12)
+    # l1: filter 0: 2 * 1 = 2, bias 1 * 4 -> (1/3, 2/3); filter 1: 3 * 2 = 6 -> (1, 0)
+    expected_l1 = torch.tensor([[1 / 3, 2 / 3], [1.0, 0.0]], dtype=torch.float64)
+    assert_close(connection_scores(layer, x, "l1"), expected_l1, rtol=1e-7, atol=1e-12)
+
+
+def test_linear_on_tokens_averages_over_samples_and_positions():
+    # (N, T, features): c_ij = mean over samples and tokens of |w_ji x_nti|, the paper's formula on N x T rows.
+    layer = _linear(n_in=5, n_out=3)
+    x = _inputs(4, 6, 5)
+    assert_close(connection_scores(layer, x), reference.scores(layer, x.reshape(24, 5)), rtol=RTOL, atol=ATOL)
+    assert_close(connection_scores(layer, x.reshape(2, 2, 6, 5)), connection_scores(layer, x), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- batches, normalisation, silent units

@@ -72,6 +72,9 @@ CASES = {
                                 "list each once: ['nnrelief', 'snip']"),
     "checksums-unreadable": ({"data.checksums": "no/such/checksums.json"}, "data.checksums",
                              "no/such/checksums.json", "is not a readable checksum file"),
+    "torchvision-input-too-small": ({"experiments.EXP.architectures": ["torchvision:inception_v3"]},
+                                    f"{EXPERIMENT}.architectures.0", "torchvision:inception_v3",
+                                    "Kernel size can't be greater than actual input size"),
     "rewind-past-pretraining": ({"experiments.EXP.loop.rewind": "epoch", "experiments.EXP.loop.rewind_epoch": 4},
                                 f"{EXPERIMENT}.loop.rewind_epoch", 4, "use 0 to 3"),
 }
@@ -90,6 +93,7 @@ FITTING = {  # the largest values that fit are accepted: the checks refuse only 
     "prune-set-is-the-limit": {"data.train_limit": 4000, "experiments.EXP.loop.prune_set_size": 4000},
     "milestone-before-the-last-epoch": {"experiments.EXP.pretrain.milestones": [1, 2]},
     "every-architecture-but-vgg": {"experiments.EXP.architectures": NOT_VGG.split(", ")},
+    "torchvision-models": {"experiments.EXP.architectures": ["torchvision:mobilenet_v2", "torchvision:regnet_x_400mf"]},
     "rewind-to-the-last-epoch": {"experiments.EXP.loop.rewind": "epoch", "experiments.EXP.loop.rewind_epoch": 3},
 }
 
@@ -159,7 +163,8 @@ def test_files_without_duplicates_have_none():
     assert duplicate_keys(REPO / "no such file.yaml") == []
 
 
-REFERENCE_ARCHITECTURES = ("lenet300-100", "lenet5", "vgg11", "resnet20")
+REFERENCE_ARCHITECTURES = ("lenet300-100", "lenet5", "vgg11", "resnet20", "torchvision:mobilenet_v2",
+                           "torchvision:vit_b_16", "torchvision:regnet_x_400mf")  # RegNet: built on the CPU
 
 
 def _builds_on_the_cpu(architecture: str, num_classes: int, input_shape: tuple[int, int, int]) -> bool:
@@ -179,6 +184,8 @@ def test_the_meta_device_check_agrees_with_a_real_build(dataset):
     real = {a: _builds_on_the_cpu(a, spec.num_classes, spec.input_shape) for a in REFERENCE_ARCHITECTURES}
     assert meta == real
     assert real["vgg11"] == (dataset != "fashion-mnist") and real["lenet5"]  # both outcomes are compared
+    assert real["torchvision:vit_b_16"] == (dataset != "fashion-mnist")  # 28 is no multiple of its 16 x 16 patches
+    assert real["torchvision:regnet_x_400mf"]
 
 
 class _WrongWidth(nn.Module):  # builds for any shape, but its Linear expects 1x28x28 images

@@ -1,4 +1,8 @@
-"""Model zoo of the Neural Network Relief experiments: `build(name, num_classes, input_shape)`."""
+"""Model zoo of the Neural Network Relief experiments: `build(name, num_classes, input_shape)`.
+
+`name` is one of MODEL_NAMES (the paper's architectures) or `torchvision:<name>` for any classification model of
+torchvision (see relief.models.zoo).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from numbers import Integral
 
 from torch import nn
 
+from relief.models import zoo
 from relief.models.init import init_weights
 from relief.models.lenet import LeNet5, LeNet300_100, lenet5, lenet300_100
 from relief.models.resnet import (
@@ -47,10 +52,21 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
 
 
+def check_architecture(name: str) -> str:
+    """``name`` if it names a model ``build`` makes; a ValueError saying what the valid names are otherwise."""
+    if zoo.is_torchvision(name):
+        zoo.check_name(name)
+    elif name not in REGISTRY:
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}, or {zoo.PREFIX}<name> for a "
+            "classification model of torchvision.models.list_models(module=torchvision.models)"
+        )
+    return name
+
+
 def build(name: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
     """Build model `name` for `num_classes` classes and images of shape (channels, height, width)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    check_architecture(name)
     if not _is_positive_int(num_classes):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if (
@@ -59,7 +75,10 @@ def build(name: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
         or not all(_is_positive_int(size) for size in input_shape)
     ):
         raise ValueError(f"input_shape must be 3 positive ints (channels, height, width), got {input_shape!r}")
-    return REGISTRY[name](int(num_classes), tuple(int(size) for size in input_shape))
+    shape = tuple(int(size) for size in input_shape)
+    if zoo.is_torchvision(name):
+        return zoo.build(name, int(num_classes), shape)
+    return REGISTRY[name](int(num_classes), shape)
 
 
 __all__ = [
@@ -72,5 +91,7 @@ __all__ = [
     "LeNet300_100",
     "ResNet",
     "build",
+    "check_architecture",
     "init_weights",
+    "zoo",
 ]

@@ -1,8 +1,9 @@
 """The pruners, NNrelief and the baselines, and a registry: ``build_pruner("snip", targets=...)``.
 
 Every pruner follows the protocol of :mod:`.protocol`. The baselines prune to ``targets``: the number of prunable
-weights+biases (of every Linear and Conv2d) that remain after each iteration, and expose their ``scores``; see
-:mod:`.selection`. NNrelief prunes at its alphas, or, given ``targets``, to those counts (:func:`nnrelief.prune_to`).
+weights+biases (of every Linear and Conv2d, and attention in-projections) that remain after each iteration, and
+expose their ``scores``; see :mod:`.selection`. NNrelief prunes at its alphas, or, given ``targets``, to those
+counts (:func:`nnrelief.prune_to`).
 """
 
 from __future__ import annotations

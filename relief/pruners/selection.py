@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from relief.graph import PRUNABLE
+from relief.graph import prunable_layers
 from relief.masks import Masks, baked_copy, masks_of
 
 SCOPES = ("global", "layerwise")
@@ -19,12 +19,10 @@ SCOPES = ("global", "layerwise")
 def prunable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The prunable tensors of ``model`` by name (as masked, if masks are applied), in module order."""
     found = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE):
-            prefix = f"{module_name}." if module_name else ""
-            found[f"{prefix}weight"] = module.weight
-            if module.bias is not None:
-                found[f"{prefix}bias"] = module.bias
+    for layer in prunable_layers(model).values():
+        found[layer.weight_key] = layer.weight
+        if layer.bias_key is not None:
+            found[layer.bias_key] = layer.bias
     return found
 
 
