@@ -119,12 +119,16 @@ def _per_iteration(runs: list[dict], value) -> list[list[float]]:
     return [[value(r["metrics"]["iterations"][i]) for r in runs] for i in range(count)]
 
 
+def _dense_line(axes, runs: list[dict]) -> None:
+    """The dense models' mean test accuracy as a dashed reference line."""
+    dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"] for r in runs)
+    axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+
+
 def accuracy_vs_remaining(group) -> plt.Figure:
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-        dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"]
-                                for runs in group.by_pruner.values() for r in runs)
-        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        _dense_line(axes, [r for runs in group.by_pruner.values() for r in runs])
         for pruner in group.pruners:
             runs = group.by_pruner.get(pruner)
             if not runs:
@@ -247,10 +251,9 @@ def nnrelief_retraining(group) -> plt.Figure:
     after = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
     remaining = [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
     iterations = list(range(1, len(after) + 1))
-    dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"] for r in runs)
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(6.5, 4.4), layout="constrained")
-        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        _dense_line(axes, runs)
         for values, label, style, face in ((before, "before retraining", "--", "white"),
                                            (after, "after retraining", "-", colour)):
             axes.plot(iterations, [statistics.mean(v) for v in values], linestyle=style, color=colour, marker="o",
@@ -274,9 +277,7 @@ def accuracy_at_targets(group) -> plt.Figure:
     ratios = [c["compression"] for c in columns]
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-        dense = statistics.mean(r["metrics"]["dense"]["test_accuracy_pct"]
-                                for runs in group.by_pruner.values() for r in runs)
-        axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
+        _dense_line(axes, [r for runs in group.by_pruner.values() for r in runs])
         for pruner in group.pruners:
             runs = group.by_pruner.get(pruner)
             if not runs:
