@@ -134,12 +134,13 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     n = len(ordered)
     if n == 0:
         raise ValueError("median_interval needs at least one value")
-    tail, cumulative, lower = (1 - confidence) / 2, 0.0, 0
-    for k in range(n):  # cumulative = P(B <= k)
-        cumulative += math.comb(n, k) / 2**n
-        if cumulative > tail:
-            break
-        lower = k + 1
+    # Exact integers, C(n, k) by the recurrence: math.comb for every k took seconds per call at 10,000 samples.
+    tail, outcomes = (1 - confidence) / 2, 2**n
+    lower, term, cumulative = 0, 1, 1  # term = C(n, lower); cumulative / outcomes = P(B <= lower)
+    while lower < n and cumulative / outcomes <= tail:
+        lower += 1
+        term = term * (n - lower + 1) // lower
+        cumulative += term
     median = statistics.median(ordered)
     if lower == 0:
         return median, None, None
