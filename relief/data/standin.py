@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from relief.data.sources import DATASETS, DatasetSpec, FileSpec, write_checksums
+from relief.data.sources import DATASETS, DatasetSpec, FileSpec, file_md5, write_checksums
 
 CHECKSUMS = "checksums.json"  # the checksum file write_standins leaves next to the files
 
@@ -102,10 +102,11 @@ def write_cifar(folder: Path, spec: DatasetSpec, batches: dict[str, tuple[np.nda
             info = tarfile.TarInfo(f"{spec.folder}/{member}")  # mtime 0: the same bytes, the same MD5, every time
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
-    archive.write_bytes(gzip.compress(tarball.getvalue(), mtime=0))
+    compressed = gzip.compress(tarball.getvalue(), mtime=0)
+    archive.write_bytes(compressed)
     return replace(
         spec,
-        files=(FileSpec(archive.name, md5(archive.read_bytes())),),
+        files=(FileSpec(archive.name, md5(compressed)),),
         members=tuple(FileSpec(member, md5(content)) for member, content in contents.items()),
     )
 
@@ -145,7 +146,7 @@ def write_tiny_imagenet(folder: Path, spec: DatasetSpec, wnids: list[str], train
             annotations.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63\n")
         write("val/val_annotations.txt", "".join(annotations))
         write("test/images/test_0.JPEG", jpeg((0, 0, 0)))
-    return replace(spec, files=(FileSpec(archive.name, md5(archive.read_bytes())),))
+    return replace(spec, files=(FileSpec(archive.name, file_md5(archive)),))
 
 
 # --- every dataset at once --------------------------------------------------------------------------------------------
