@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx, nn
 
-from relief.graph import EXTERNAL, Layer, LayerGraph, prunable_layers, trace
+from relief.graph import EXTERNAL, Layer, LayerGraph, prunable_tensors, trace
 from relief.masks import Masks, any_along, masks_of, temporarily_masked
 from relief.scores import CONV_NORMS, ScoreAccumulator
 
@@ -277,13 +277,8 @@ def prune_to(
 
 
 def _prunable_sizes(model: nn.Module) -> dict[str, int]:
-    """The number of entries of every prunable weight and bias (``relief.graph.prunable_layers``), by tensor name."""
-    sizes = {}
-    for layer in prunable_layers(model).values():
-        sizes[layer.weight_key] = layer.weight.numel()
-        if layer.bias_key is not None:
-            sizes[layer.bias_key] = layer.bias.numel()
-    return sizes
+    """The number of entries of every prunable weight and bias (``relief.graph.prunable_tensors``), by tensor name."""
+    return {name: tensor.numel() for name, tensor in prunable_tensors(model).items()}
 
 
 def _remaining(sizes: dict[str, int], masks: Masks, previous: Masks) -> int:
