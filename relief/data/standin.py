@@ -175,8 +175,7 @@ def standin(name: str, folder: Path, train: int, test: int, seed: int = 0) -> Da
             arrays[f"{prefix}-labels-idx1-ubyte"] = labels.astype(np.uint8)
         return write_idx(folder, spec, arrays)
     if spec.format == "cifar":
-        train_members = [member.name for member in spec.members[:-1] if member.name not in ("test", "test_batch")]
-        test_member = next(member.name for member in spec.members if member.name in ("test", "test_batch"))
+        *train_members, test_member, _meta = (member.name for member in spec.members)  # as read_cifar takes them
         batches = {test_member: (_images(rng, test_labels, (3072,)), test_labels.tolist())}
         for member, labels in zip(train_members, np.array_split(train_labels, len(train_members))):
             batches[member] = (_images(rng, labels, (3072,)), labels.tolist())
