@@ -433,7 +433,8 @@ def _any_alive(units, alive) -> bool:
 
 
 class _PassRecorder(fx.Interpreter):
-    """Runs the traced model and accumulates every layer's scores and every addition's operand strengths."""
+    """Runs the traced model and accumulates every layer's scores and every addition's operand strengths; given
+    ``layers``, only those layers' scores (the second pass of fc_inputs="conv-pruned", which needs no strengths)."""
 
     def __init__(self, graph: LayerGraph, conv_norm: str, layers: Iterable[str] | None = None):
         super().__init__(graph.traced)
@@ -443,7 +444,9 @@ class _PassRecorder(fx.Interpreter):
         }
         self.taps = graph.taps
         nodes = {node.name: node for node in graph.traced.graph.nodes}
-        self.additions = {a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds}
+        self.additions = {} if layers is not None else {
+            a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds
+        }
         self.sums: dict[str, list[torch.Tensor]] = {}
         self.counts: dict[str, int] = {}
 
