@@ -128,6 +128,16 @@ def prunable_layers(model: nn.Module) -> dict[str, Layer]:
     return found
 
 
+def prunable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The prunable tensors of ``model`` by name (as masked, if masks are applied), in module order."""
+    found = {}
+    for layer in prunable_layers(model).values():
+        found[layer.weight_key] = layer.weight
+        if layer.bias_key is not None:
+            found[layer.bias_key] = layer.bias
+    return found
+
+
 def prunable_keys(model: nn.Module) -> set[str]:
     """The names (as in named_parameters()) of every prunable weight and bias of ``model``."""
     return {key for layer in prunable_layers(model).values() for key in (layer.weight_key, layer.bias_key) if key}

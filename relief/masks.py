@@ -68,7 +68,7 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
         module = model.get_submodule(module_name)
     except AttributeError:
         module = None
-    if module is None or not hasattr(module, attribute):
+    if module is None or not isinstance(getattr(module, attribute, None), torch.Tensor):
         raise KeyError(f"mask {name!r} names no tensor of {type(model).__name__}")
     return module, attribute
 
@@ -89,13 +89,15 @@ def any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return mask.view(torch.uint8).amax(dim=dim).bool()
 
 
-def masked_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    """The tensor ``name`` (a name of the unmasked model) as the model computes it: masked if a mask is applied.
-    KeyError if ``model`` has no such tensor."""
-    tensor = getattr(*_owner(model, name))
-    if not isinstance(tensor, torch.Tensor):
-        raise KeyError(f"{name!r} is not a tensor of {type(model).__name__}")
-    return tensor
+def fit_problem(model: nn.Module, name: str, mask: torch.Tensor) -> str | None:
+    """Why ``mask`` cannot mask the tensor ``name`` of ``model`` (no such tensor, another shape), or None."""
+    try:
+        tensor = getattr(*_owner(model, name))
+    except KeyError as error:
+        return str(error.args[0])
+    if mask.shape != tensor.shape:
+        return f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}"
+    return None
 
 
 def stored_tensor(model: nn.Module, name: str) -> torch.Tensor:
@@ -111,15 +113,7 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
 
     Every mask is checked against the model first, so masks made for another architecture change nothing.
     """
-    problems = []
-    for name, mask in masks.items():
-        try:
-            tensor = getattr(*_owner(model, name))
-        except KeyError as error:
-            problems.append(str(error.args[0]))
-            continue
-        if mask.shape != tensor.shape:
-            problems.append(f"mask {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
+    problems = [problem for name, mask in masks.items() if (problem := fit_problem(model, name, mask))]
     if problems:
         raise ValueError(
             f"{len(problems)} of {len(masks)} masks do not fit {type(model).__name__} (masks from another "

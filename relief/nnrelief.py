@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx, nn
 
-from relief.graph import EXTERNAL, Layer, LayerGraph, prunable_layers, trace
+from relief.graph import EXTERNAL, Layer, LayerGraph, prunable_tensors, trace
 from relief.masks import Masks, any_along, masks_of, temporarily_masked
 from relief.scores import CONV_NORMS, ScoreAccumulator
 
@@ -277,13 +277,8 @@ def prune_to(
 
 
 def _prunable_sizes(model: nn.Module) -> dict[str, int]:
-    """The number of entries of every prunable weight and bias (``relief.graph.prunable_layers``), by tensor name."""
-    sizes = {}
-    for layer in prunable_layers(model).values():
-        sizes[layer.weight_key] = layer.weight.numel()
-        if layer.bias_key is not None:
-            sizes[layer.bias_key] = layer.bias.numel()
-    return sizes
+    """The number of entries of every prunable weight and bias (``relief.graph.prunable_tensors``), by tensor name."""
+    return {name: tensor.numel() for name, tensor in prunable_tensors(model).items()}
 
 
 def _remaining(sizes: dict[str, int], masks: Masks, previous: Masks) -> int:
@@ -438,7 +433,8 @@ def _any_alive(units, alive) -> bool:
 
 
 class _PassRecorder(fx.Interpreter):
-    """Runs the traced model and accumulates every layer's scores and every addition's operand strengths."""
+    """Runs the traced model and accumulates every layer's scores and every addition's operand strengths; given
+    ``layers``, only those layers' scores (the second pass of fc_inputs="conv-pruned", which needs no strengths)."""
 
     def __init__(self, graph: LayerGraph, conv_norm: str, layers: Iterable[str] | None = None):
         super().__init__(graph.traced)
@@ -448,7 +444,9 @@ class _PassRecorder(fx.Interpreter):
         }
         self.taps = graph.taps
         nodes = {node.name: node for node in graph.traced.graph.nodes}
-        self.additions = {a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds}
+        self.additions = {} if layers is not None else {
+            a.node: [nodes[name] for name in a.operands] for a in graph.residual_adds
+        }
         self.sums: dict[str, list[torch.Tensor]] = {}
         self.counts: dict[str, int] = {}
 

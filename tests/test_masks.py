@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from relief import models
 from relief.masks import apply_masks, masks_of, remove_masks, stored_tensor
@@ -92,6 +93,15 @@ def test_masks_of_another_architecture_change_nothing():
         apply_masks(model, {**other, **fitting})
     assert not masks_of(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_a_mask_for_a_missing_bias_or_a_non_tensor_is_named_and_nothing_is_applied():
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    masks = {"0.weight": torch.zeros(3, 4, dtype=torch.bool), "0.bias": torch.ones(3, dtype=torch.bool),
+             "0.training": torch.ones(1, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"2 of 3 masks.*mask '0.bias' names no tensor.*mask '0.training' names no"):
+        apply_masks(model, masks)
+    assert not masks_of(model) and bool(model[0].weight.ne(0).all())
 
 
 def test_a_masked_weight_keeps_the_layout_of_its_original():

@@ -54,7 +54,7 @@ class BreaksAtIteration2:
 
 @pytest.mark.parametrize("how, message", [
     ("dtype", "the mask of 'classifier.0.weight' has dtype torch.float32, not torch.bool"),
-    ("shape", r"the mask of 'classifier.2.weight' has shape \(100, 10\), the tensor \(100, 300\)"),
+    ("shape", r"mask 'classifier.2.weight' has shape \(100, 10\), the tensor \(100, 300\)"),
     ("revive", r"it revives \d+ pruned entries of 'classifier.4.weight'"),
     ("drop", "it dropped the mask of 'classifier.0.bias'"),
     ("unknown", "'classifier.9.weight' names no tensor of"),

@@ -237,11 +237,8 @@ def missing_error(spec: DatasetSpec, file: FileSpec, what: str, looked_in: Path)
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "md5").hexdigest()
 
 
 def md5_problem(path: Path, expected: str | None) -> str | None:

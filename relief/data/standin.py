@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from relief.data.sources import DATASETS, DatasetSpec, FileSpec, write_checksums
+from relief.data.sources import DATASETS, DatasetSpec, FileSpec, file_md5, write_checksums
 
 CHECKSUMS = "checksums.json"  # the checksum file write_standins leaves next to the files
 
@@ -102,10 +102,11 @@ def write_cifar(folder: Path, spec: DatasetSpec, batches: dict[str, tuple[np.nda
             info = tarfile.TarInfo(f"{spec.folder}/{member}")  # mtime 0: the same bytes, the same MD5, every time
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
-    archive.write_bytes(gzip.compress(tarball.getvalue(), mtime=0))
+    compressed = gzip.compress(tarball.getvalue(), mtime=0)
+    archive.write_bytes(compressed)
     return replace(
         spec,
-        files=(FileSpec(archive.name, md5(archive.read_bytes())),),
+        files=(FileSpec(archive.name, md5(compressed)),),
         members=tuple(FileSpec(member, md5(content)) for member, content in contents.items()),
     )
 
@@ -145,7 +146,7 @@ def write_tiny_imagenet(folder: Path, spec: DatasetSpec, wnids: list[str], train
             annotations.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63\n")
         write("val/val_annotations.txt", "".join(annotations))
         write("test/images/test_0.JPEG", jpeg((0, 0, 0)))
-    return replace(spec, files=(FileSpec(archive.name, md5(archive.read_bytes())),))
+    return replace(spec, files=(FileSpec(archive.name, file_md5(archive)),))
 
 
 # --- every dataset at once --------------------------------------------------------------------------------------------
@@ -174,8 +175,7 @@ def standin(name: str, folder: Path, train: int, test: int, seed: int = 0) -> Da
             arrays[f"{prefix}-labels-idx1-ubyte"] = labels.astype(np.uint8)
         return write_idx(folder, spec, arrays)
     if spec.format == "cifar":
-        train_members = [member.name for member in spec.members[:-1] if member.name not in ("test", "test_batch")]
-        test_member = next(member.name for member in spec.members if member.name in ("test", "test_batch"))
+        *train_members, test_member, _meta = (member.name for member in spec.members)  # as read_cifar takes them
         batches = {test_member: (_images(rng, test_labels, (3072,)), test_labels.tolist())}
         for member, labels in zip(train_members, np.array_split(train_labels, len(train_members))):
             batches[member] = (_images(rng, labels, (3072,)), labels.tolist())

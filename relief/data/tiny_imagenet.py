@@ -48,7 +48,8 @@ def _extract(spec: DatasetSpec, root: Path, mirrors: Sequence[str], download: bo
                 raise bad_file_error(archive, problem)
         else:
             archive = fetch(spec, spec.files[0], scratch, mirrors, check)
-        (scratch / spec.folder / _SOURCE).write_text(file_md5(archive))
+        # the zip passed check, so its MD5 is the spec's when the spec has one: not hashed a second time
+        (scratch / spec.folder / _SOURCE).write_text(spec.files[0].md5 or file_md5(archive))
         os.replace(scratch / spec.folder, root / spec.folder)
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from relief.masks import Masks, masked_tensor
+from relief.masks import Masks, fit_problem
 
 
 class Pruner(Protocol):
@@ -71,17 +71,12 @@ def _problems(model: nn.Module, given: Masks, returned) -> list[str]:
         return [f"it returned a {type(returned).__name__}, not a dict of masks"]
     problems = [f"it dropped the mask of {name!r}" for name in given if name not in returned]
     for name, mask in returned.items():
-        try:
-            tensor = masked_tensor(model, name)
-        except KeyError:
-            problems.append(f"{name!r} names no tensor of {type(model).__name__}")
-            continue
         if not isinstance(mask, torch.Tensor):
             problems.append(f"the mask of {name!r} is a {type(mask).__name__}, not a tensor")
         elif mask.dtype != torch.bool:
             problems.append(f"the mask of {name!r} has dtype {mask.dtype}, not torch.bool")
-        elif mask.shape != tensor.shape:
-            problems.append(f"the mask of {name!r} has shape {tuple(mask.shape)}, the tensor {tuple(tensor.shape)}")
+        elif problem := fit_problem(model, name, mask):  # no such tensor, another shape: as apply_masks says it
+            problems.append(problem)
         elif name in given:
             revived = int((mask & ~given[name].to(device=mask.device, dtype=torch.bool)).sum())
             if revived:

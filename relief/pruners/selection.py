@@ -10,20 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from relief.graph import prunable_layers
+from relief.graph import prunable_tensors
 from relief.masks import Masks, baked_copy, masks_of
 
 SCOPES = ("global", "layerwise")
-
-
-def prunable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The prunable tensors of ``model`` by name (as masked, if masks are applied), in module order."""
-    found = {}
-    for layer in prunable_layers(model).values():
-        found[layer.weight_key] = layer.weight
-        if layer.bias_key is not None:
-            found[layer.bias_key] = layer.bias
-    return found
 
 
 def current_masks(model: nn.Module, masks: Masks) -> Masks:
