@@ -303,12 +303,10 @@ def accuracy_at_targets(group) -> plt.Figure:
         return figure
 
 
-def across_sweep(title: str, groups) -> plt.Figure:
-    """A sweep of NNrelief's settings: each pruner's accuracy at each point's comparison count, one line per pruner."""
-    from pipeline.report import sweep_rows
-
-    rows = [row for row in sweep_rows(groups) if row["remaining_pct_of_all"] is not None]
-    pruners = groups[0].pruners
+def across_sweep(title: str, pruners: list[str], rows: list[dict]) -> plt.Figure:
+    """A sweep of NNrelief's settings: each pruner's accuracy at each point's comparison count, one line per pruner
+    (``rows``: pipeline.report.sweep_rows)."""
+    rows = [row for row in rows if row["remaining_pct_of_all"] is not None]
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
         for pruner in pruners:
@@ -351,8 +349,8 @@ DRAWERS = dict(zip(FIGURES, (accuracy_vs_remaining, nnrelief_connections, nnreli
 
 def write_figures(groups, out: Path, sweeps: dict | None = None) -> list[Path]:
     """Every figure of every group with a finished NNrelief run under ``out``, as PNG and SVG, and in target mode
-    ``<group>_accuracy_at_targets``; for each sweep (``sweeps``: its groups by file stem), ``<stem>``. Returns the
-    files."""
+    ``<group>_accuracy_at_targets``; for each sweep (``sweeps``: its groups and its rows (pipeline.report.sweep_rows)
+    by file stem), ``<stem>``. Returns the files."""
     written = []
     for group in groups:
         if group.iteration is None:
@@ -361,7 +359,7 @@ def write_figures(groups, out: Path, sweeps: dict | None = None) -> list[Path]:
             written += _save(draw(group), out / f"{group.name}_{name}")
         if group.targets:
             written += _save(accuracy_at_targets(group), out / f"{group.name}_accuracy_at_targets")
-    for stem, swept in (sweeps or {}).items():
+    for stem, (swept, rows) in (sweeps or {}).items():
         if any(group.iteration is not None for group in swept):
-            written += _save(across_sweep(" / ".join(swept[0].key[1:]), swept), out / stem)
+            written += _save(across_sweep(" / ".join(swept[0].key[1:]), swept[0].pruners, rows), out / stem)
     return written

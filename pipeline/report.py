@@ -570,13 +570,14 @@ def targets_csv(group: Group, rows: list[dict]) -> str:
 
 # ---- sweeps: one comparison per combination of NNrelief's settings ------------------------------------------------
 
-def sweep_rows(groups_of_sweep: list[Group]) -> list[dict]:
+def sweep_rows(groups_of_sweep: list[Group], tables: dict[str, list[dict]]) -> list[dict]:
     """One row per sweep point: NNrelief's comparison iteration, remaining and accuracy, and every baseline's accuracy
     at the same counts, each over seeds with its 95 % interval; a baseline's paired comparison with NNrelief (mean
-    difference, Holm-adjusted paired t-test over the point's baselines) as in the point's own table."""
+    difference, Holm-adjusted paired t-test over the point's baselines) as in the point's own table (``tables``: the
+    group tables, by group name)."""
     rows = []
     for group in groups_of_sweep:
-        table = {row["pruner"]: row for row in group_rows(group)}
+        table = {row["pruner"]: row for row in tables[group.name]}
         nnrelief = table.get("nnrelief", {"missing": True})
         row = {**dict(zip(GROUP_KEYS, group.key)), "sweep": group.sweep, "iteration": group.iteration,
                "remaining_pct_of_all": nnrelief.get("remaining_pct_of_all"),
@@ -887,9 +888,9 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
         for suffix, text in files:
             _write(folder / f"{group.name}.{suffix}", text)
             written.append(folder / f"{group.name}.{suffix}")
-    for stem, swept in sweeps(study_groups).items():
-        rows = sweep_rows(swept)
-        for suffix, text in (("md", sweep_markdown(swept[0].title.split(" (")[0], swept[0].pruners, rows)),
+    across = {stem: (swept, sweep_rows(swept, tables)) for stem, swept in sweeps(study_groups).items()}
+    for stem, (swept, rows) in across.items():
+        for suffix, text in (("md", sweep_markdown(" / ".join(swept[0].key[1:]), swept[0].pruners, rows)),
                              ("csv", comma_separated(rows, tuple(rows[0])))):
             _write(folder / f"{stem}.{suffix}", text)
             written.append(folder / f"{stem}.{suffix}")
@@ -909,7 +910,7 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
     if figures:
         from pipeline.figures import write_figures  # matplotlib is imported only when figures are asked for
 
-        written += write_figures(study_groups, out / "figures", sweeps(study_groups))
+        written += write_figures(study_groups, out / "figures", across)
     return sorted(written)
 
 
