@@ -556,9 +556,9 @@ def targets_markdown(group: Group, rows: list[dict]) -> str:
 
 
 def targets_csv(group: Group, rows: list[dict]) -> str:
-    flat = []
+    flat, columns = [], target_columns(group)
     for row in rows:
-        for column, cell in zip(target_columns(group), row["cells"]):
+        for column, cell in zip(columns, row["cells"]):
             flat.append({**{k: row[k] for k in (*GROUP_KEYS, "pruner", "seeds")}, "iteration": column["iteration"],
                          "target_prunable_remaining": column["target"],
                          "target_compression": round(column["compression"], 3), **(cell or {}),
