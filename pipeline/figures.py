@@ -95,7 +95,7 @@ def _save(figure, path: Path) -> list[Path]:
 
 
 def _title(figure, group, what: str) -> None:
-    warning = "  DENSE MODEL DID NOT TRAIN" if getattr(group, "untrained", None) else ""
+    warning = "  DENSE MODEL DID NOT TRAIN" if group.untrained else ""
     figure.suptitle(f"{what}\n{group.title}  ({group.key[0]}){warning}")
 
 
