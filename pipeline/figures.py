@@ -95,7 +95,7 @@ def _save(figure, path: Path) -> list[Path]:
 
 
 def _title(figure, group, what: str) -> None:
-    warning = "  DENSE MODEL DID NOT TRAIN" if getattr(group, "untrained", None) else ""
+    warning = "  DENSE MODEL DID NOT TRAIN" if group.untrained else ""
     figure.suptitle(f"{what}\n{group.title}  ({group.key[0]}){warning}")
 
 
@@ -125,29 +125,44 @@ def _dense_line(axes, runs: list[dict]) -> None:
     axes.axhline(dense, color=DENSE_COLOUR, linestyle="--", linewidth=1.2, label=f"dense ({dense:.2f} %)")
 
 
+def _accuracy_lines(axes, group, x_of, suffix=lambda pruner: "") -> dict[str, tuple[list[float], list[float]]]:
+    """The dense line, then per pruner with runs its mean test accuracy over seeds per iteration (at ``x_of(runs)``,
+    one x per iteration) with its 95 % band; the line's label is the pruner and ``suffix(pruner)``. Returns each
+    line's x and mean accuracy, by pruner."""
+    _dense_line(axes, [r for runs in group.by_pruner.values() for r in runs])
+    lines = {}
+    for pruner in group.pruners:
+        runs = group.by_pruner.get(pruner)
+        if not runs:
+            continue
+        accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
+        x, mean = x_of(runs)[:len(accuracy)], [statistics.mean(a) for a in accuracy]
+        colour, main = pruner_colour(pruner), pruner == "nnrelief"
+        axes.plot(x, mean, color=colour, marker="o", markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5,
+                  zorder=3 if main else 2, label=pruner + suffix(pruner))
+        band = _band(accuracy)
+        if band:
+            axes.fill_between(x, *band, color=colour, alpha=0.18, linewidth=0)
+        lines[pruner] = x, mean
+    return lines
+
+
+def _remaining(runs: list[dict]) -> list[float]:
+    """The mean over seeds of remaining parameters (% of all weights and biases), per iteration."""
+    return [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
+
+
 def accuracy_vs_remaining(group) -> plt.Figure:
+    collapsed = {pruner: [any(v) for v in _per_iteration(runs, lambda r: bool(r.get("collapsed")))]
+                 for pruner, runs in group.by_pruner.items() if runs}
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-        _dense_line(axes, [r for runs in group.by_pruner.values() for r in runs])
-        for pruner in group.pruners:
-            runs = group.by_pruner.get(pruner)
-            if not runs:
-                continue
-            remaining = [statistics.mean(v)
-                         for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
-            accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
-            collapsed = [any(v) for v in _per_iteration(runs, lambda r: bool(r.get("collapsed")))]
-            colour = pruner_colour(pruner)
-            main = pruner == "nnrelief"
-            axes.plot(remaining, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
-                      markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
-                      label=pruner + (" (collapsed: ×)" if any(collapsed) else ""))
-            band = _band(accuracy)
-            if band:
-                axes.fill_between(remaining, *band, color=colour, alpha=0.18, linewidth=0)
-            bad = [(x, statistics.mean(a)) for x, a, c in zip(remaining, accuracy, collapsed) if c]
+        lines = _accuracy_lines(axes, group, _remaining,
+                                lambda pruner: " (collapsed: ×)" if any(collapsed[pruner]) else "")
+        for pruner, (remaining, accuracy) in lines.items():
+            bad = [(x, a) for x, a, c in zip(remaining, accuracy, collapsed[pruner]) if c]
             if bad:
-                axes.scatter(*zip(*bad), marker="x", s=60, color=colour, zorder=4)
+                axes.scatter(*zip(*bad), marker="x", s=60, color=pruner_colour(pruner), zorder=4)
         nnrelief = group.by_pruner["nnrelief"]
         at = statistics.mean(r["metrics"]["iterations"][group.iteration - 1]["parameters"]["remaining_pct_of_all"]
                              for r in nnrelief)
@@ -155,8 +170,7 @@ def accuracy_vs_remaining(group) -> plt.Figure:
                      label=f"comparison (NNrelief iteration {group.iteration})")
         axes.set_xscale("log")
         # ticks at NNrelief's iterations (every pruner is read at the same counts), thinned so labels never touch
-        ticks = [statistics.mean(r["metrics"]["iterations"][i]["parameters"]["remaining_pct_of_all"] for r in nnrelief)
-                 for i in range(min(len(r["metrics"]["iterations"]) for r in nnrelief))]
+        ticks = _remaining(nnrelief)
         low, high = min(ticks), max(ticks)
         axes.set_xticks(_thinned(ticks, max(math.log10(high / low) if low > 0 else 0, 0.3) / 7))
         axes.xaxis.set_major_formatter(FuncFormatter(_percent))
@@ -249,7 +263,7 @@ def nnrelief_retraining(group) -> plt.Figure:
     colour = pruner_colour("nnrelief")
     before = _per_iteration(runs, lambda r: r["test_accuracy_before_retrain_pct"])
     after = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
-    remaining = [statistics.mean(v) for v in _per_iteration(runs, lambda r: r["parameters"]["remaining_pct_of_all"])]
+    remaining = _remaining(runs)
     iterations = list(range(1, len(after) + 1))
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(6.5, 4.4), layout="constrained")
@@ -277,20 +291,7 @@ def accuracy_at_targets(group) -> plt.Figure:
     ratios = [c["compression"] for c in columns]
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-        _dense_line(axes, [r for runs in group.by_pruner.values() for r in runs])
-        for pruner in group.pruners:
-            runs = group.by_pruner.get(pruner)
-            if not runs:
-                continue
-            accuracy = _per_iteration(runs, lambda r: r["test_accuracy_pct"])
-            x = ratios[:len(accuracy)]
-            colour, main = pruner_colour(pruner), pruner == "nnrelief"
-            axes.plot(x, [statistics.mean(a) for a in accuracy], color=colour, marker="o",
-                      markersize=6 if main else 4.5, linewidth=2.4 if main else 1.5, zorder=3 if main else 2,
-                      label=pruner)
-            band = _band(accuracy)
-            if band:
-                axes.fill_between(x, *band, color=colour, alpha=0.18, linewidth=0)
+        _accuracy_lines(axes, group, lambda runs: ratios)
         axes.set_xscale("log", base=2)
         axes.set_xticks(ratios, [f"{r:.3g}×" for r in ratios])
         axes.xaxis.set_minor_formatter(NullFormatter())
@@ -302,12 +303,10 @@ def accuracy_at_targets(group) -> plt.Figure:
         return figure
 
 
-def across_sweep(title: str, groups) -> plt.Figure:
-    """A sweep of NNrelief's settings: each pruner's accuracy at each point's comparison count, one line per pruner."""
-    from pipeline.report import sweep_rows
-
-    rows = [row for row in sweep_rows(groups) if row["remaining_pct_of_all"] is not None]
-    pruners = groups[0].pruners
+def across_sweep(title: str, pruners: list[str], rows: list[dict]) -> plt.Figure:
+    """A sweep of NNrelief's settings: each pruner's accuracy at each point's comparison count, one line per pruner
+    (``rows``: pipeline.report.sweep_rows)."""
+    rows = [row for row in rows if row["remaining_pct_of_all"] is not None]
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
         for pruner in pruners:
@@ -350,8 +349,8 @@ DRAWERS = dict(zip(FIGURES, (accuracy_vs_remaining, nnrelief_connections, nnreli
 
 def write_figures(groups, out: Path, sweeps: dict | None = None) -> list[Path]:
     """Every figure of every group with a finished NNrelief run under ``out``, as PNG and SVG, and in target mode
-    ``<group>_accuracy_at_targets``; for each sweep (``sweeps``: its groups by file stem), ``<stem>``. Returns the
-    files."""
+    ``<group>_accuracy_at_targets``; for each sweep (``sweeps``: its groups and its rows (pipeline.report.sweep_rows)
+    by file stem), ``<stem>``. Returns the files."""
     written = []
     for group in groups:
         if group.iteration is None:
@@ -360,7 +359,7 @@ def write_figures(groups, out: Path, sweeps: dict | None = None) -> list[Path]:
             written += _save(draw(group), out / f"{group.name}_{name}")
         if group.targets:
             written += _save(accuracy_at_targets(group), out / f"{group.name}_accuracy_at_targets")
-    for stem, swept in (sweeps or {}).items():
+    for stem, (swept, rows) in (sweeps or {}).items():
         if any(group.iteration is not None for group in swept):
-            written += _save(across_sweep(" / ".join(swept[0].key[1:]), swept), out / stem)
+            written += _save(across_sweep(" / ".join(swept[0].key[1:]), swept[0].pruners, rows), out / stem)
     return written

@@ -220,25 +220,31 @@ def group_rows(group: Group) -> list[dict]:
     Each baseline row holds its paired comparison with NNrelief; the t-test p-values are Holm-adjusted over the
     group's baselines.
     """
-    table = []
-    nnrelief = accuracy_by_seed(runs_at(group, "nnrelief"), group.iteration) if group.iteration else {}
+    table, present = [], {}
+    runs = {pruner: runs_at(group, pruner) for pruner in group.pruners}
+    sweep = {"sweep": group.sweep} if group.sweep else {}
     for pruner in group.pruners:
-        runs = runs_at(group, pruner)
-        sweep = {"sweep": group.sweep} if group.sweep else {}
-        if runs:
-            row = {**_row(group.key, pruner, runs, group.iteration), **sweep, "missing": False,
-                   "dense_did_not_train": bool(group.untrained)}
-            if pruner != "nnrelief":
-                row.update(_comparison(stats.paired_by_seed(accuracy_by_seed(runs, group.iteration), nnrelief)))
-            table.append(row)
+        if runs[pruner]:
+            present[pruner] = {**_row(group.key, pruner, runs[pruner], group.iteration), **sweep, "missing": False,
+                               "dense_did_not_train": bool(group.untrained)}
+            table.append(present[pruner])
         else:
             table.append({**dict(zip(GROUP_KEYS, group.key)), "pruner": pruner, **sweep, "missing": True})
-    adjusted = stats.holm({row["pruner"]: row.get("t_test_p") for row in table if "t_test_p" in row})
-    for row in table:
-        if row["pruner"] in adjusted:
-            row["t_test_p_holm"] = _round_p(adjusted[row["pruner"]])
-            row["significant"] = adjusted[row["pruner"]] is not None and adjusted[row["pruner"]] < stats.SIGNIFICANCE
+    _compare_with_nnrelief(present, runs, group.iteration)
     return table
+
+
+def _compare_with_nnrelief(rows: dict[str, dict], runs: dict[str, list[dict]], iteration: int) -> None:
+    """Add to each baseline's row (``rows``, by pruner) its paired comparison with NNrelief at ``iteration``, seed by
+    seed over ``runs`` (by pruner, each reaching the iteration), with the t-test's p-values Holm-adjusted over these
+    baselines."""
+    nnrelief = accuracy_by_seed(runs.get("nnrelief", []), iteration)
+    for pruner, row in rows.items():
+        if pruner != "nnrelief":
+            row.update(_comparison(stats.paired_by_seed(accuracy_by_seed(runs[pruner], iteration), nnrelief)))
+    tested = {pruner: row["t_test_p"] for pruner, row in rows.items() if "t_test_p" in row}
+    for pruner, p in stats.holm(tested).items():
+        rows[pruner].update(t_test_p_holm=_round_p(p), significant=p is not None and p < stats.SIGNIFICANCE)
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -494,16 +500,8 @@ def target_rows(group: Group) -> list[dict]:
         at = column["iteration"]
         reached = {pruner: [r for r in group.by_pruner.get(pruner, []) if len(r["metrics"]["iterations"]) >= at]
                    for pruner in group.pruners}
-        nnrelief = accuracy_by_seed(reached.get("nnrelief", []), at)
-        compared = {}
-        for row in rows:
-            cell = row["cells"][index]
-            if row["pruner"] != "nnrelief" and cell is not None:
-                cell.update(_comparison(stats.paired_by_seed(accuracy_by_seed(reached[row["pruner"]], at), nnrelief)))
-                if "t_test_p" in cell:
-                    compared[row["pruner"]] = cell
-        for pruner, p in stats.holm({pruner: cell["t_test_p"] for pruner, cell in compared.items()}).items():
-            compared[pruner].update(t_test_p_holm=_round_p(p), significant=p is not None and p < stats.SIGNIFICANCE)
+        _compare_with_nnrelief({row["pruner"]: row["cells"][index] for row in rows if row["cells"][index] is not None},
+                              reached, at)
     return rows
 
 
@@ -558,9 +556,9 @@ def targets_markdown(group: Group, rows: list[dict]) -> str:
 
 
 def targets_csv(group: Group, rows: list[dict]) -> str:
-    flat = []
+    flat, columns = [], target_columns(group)
     for row in rows:
-        for column, cell in zip(target_columns(group), row["cells"]):
+        for column, cell in zip(columns, row["cells"]):
             flat.append({**{k: row[k] for k in (*GROUP_KEYS, "pruner", "seeds")}, "iteration": column["iteration"],
                          "target_prunable_remaining": column["target"],
                          "target_compression": round(column["compression"], 3), **(cell or {}),
@@ -572,13 +570,14 @@ def targets_csv(group: Group, rows: list[dict]) -> str:
 
 # ---- sweeps: one comparison per combination of NNrelief's settings ------------------------------------------------
 
-def sweep_rows(groups_of_sweep: list[Group]) -> list[dict]:
+def sweep_rows(groups_of_sweep: list[Group], tables: dict[str, list[dict]]) -> list[dict]:
     """One row per sweep point: NNrelief's comparison iteration, remaining and accuracy, and every baseline's accuracy
     at the same counts, each over seeds with its 95 % interval; a baseline's paired comparison with NNrelief (mean
-    difference, Holm-adjusted paired t-test over the point's baselines) as in the point's own table."""
+    difference, Holm-adjusted paired t-test over the point's baselines) as in the point's own table (``tables``: the
+    group tables, by group name)."""
     rows = []
     for group in groups_of_sweep:
-        table = {row["pruner"]: row for row in group_rows(group)}
+        table = {row["pruner"]: row for row in tables[group.name]}
         nnrelief = table.get("nnrelief", {"missing": True})
         row = {**dict(zip(GROUP_KEYS, group.key)), "sweep": group.sweep, "iteration": group.iteration,
                "remaining_pct_of_all": nnrelief.get("remaining_pct_of_all"),
@@ -889,9 +888,9 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
         for suffix, text in files:
             _write(folder / f"{group.name}.{suffix}", text)
             written.append(folder / f"{group.name}.{suffix}")
-    for stem, swept in sweeps(study_groups).items():
-        rows = sweep_rows(swept)
-        for suffix, text in (("md", sweep_markdown(swept[0].title.split(" (")[0], swept[0].pruners, rows)),
+    across = {stem: (swept, sweep_rows(swept, tables)) for stem, swept in sweeps(study_groups).items()}
+    for stem, (swept, rows) in across.items():
+        for suffix, text in (("md", sweep_markdown(" / ".join(swept[0].key[1:]), swept[0].pruners, rows)),
                              ("csv", comma_separated(rows, tuple(rows[0])))):
             _write(folder / f"{stem}.{suffix}", text)
             written.append(folder / f"{stem}.{suffix}")
@@ -911,7 +910,7 @@ def write_report(runs: list[dict], tolerance: float, out: Path, figures: bool = 
     if figures:
         from pipeline.figures import write_figures  # matplotlib is imported only when figures are asked for
 
-        written += write_figures(study_groups, out / "figures", sweeps(study_groups))
+        written += write_figures(study_groups, out / "figures", across)
     return sorted(written)
 
 

@@ -34,13 +34,6 @@ class Summary:
     ci_high: float | None
     confidence: float = CONFIDENCE
 
-    def as_dict(self, digits: int | None = None) -> dict:
-        """For JSON: n, mean, std, ci_low, ci_high (rounded to ``digits`` if given) and the confidence."""
-        values = {"n": self.n, "mean": self.mean, "std": self.std, "ci_low": self.ci_low, "ci_high": self.ci_high}
-        if digits is not None:
-            values = {k: v if v is None or k == "n" else round(v, digits) for k, v in values.items()}
-        return {**values, "confidence": self.confidence}
-
 
 @dataclass(frozen=True)
 class Paired:
