@@ -51,12 +51,6 @@ def variant(experiment: Experiment) -> str:
     return experiment.precision + ("-channels_last" if experiment.channels_last else "")
 
 
-def training_images(study: Study, experiment: Experiment) -> int:
-    """The images one training epoch passes over: the training split less data.val_size, at most data.train_limit."""
-    left = validate.training_images(study, experiment)
-    return min(left, study.data.train_limit) if study.data.train_limit else left
-
-
 def forward_macs(architecture: str, data: DatasetSpec) -> int:
     model = models.build(architecture, data.num_classes, data.input_shape)
     return dense_macs(model, torch.zeros(1, *data.input_shape))
@@ -93,7 +87,7 @@ def rows(study: Study) -> list[Row]:
         if key not in macs:
             macs[key] = forward_macs(architecture, data)
         row.macs_per_image = macs[key]
-        images = training_images(study, experiment)
+        images = validate.epoch_images(study, experiment)
         epochs = job_epochs(experiment, job)
         row.epochs += epochs
         row.image_passes += epochs * images

@@ -131,8 +131,7 @@ def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterato
 
 def prune_set_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
     data, size, left = facts(study, experiment), experiment.loop.prune_set_size, training_images(study, experiment)
-    limit = study.data.train_limit
-    available = min(left, limit) if limit is not None else left
+    available = epoch_images(study, experiment)
     if 0 < available < size:
         after = "data.val_size and data.train_limit" if available < left else "data.val_size"
         yield Problem(
@@ -295,6 +294,13 @@ def training_images(study: Study, experiment: Experiment) -> int:
     """The training images left once the validation split is carved out (train_limit then takes the first ones)."""
     carved = study.data.val_size if _carves_validation(study, experiment) else 0
     return facts(study, experiment).train_size - carved
+
+
+def epoch_images(study: Study, experiment: Experiment) -> int:
+    """The images one training epoch passes over (and the pruning set is drawn from): the training images left once
+    the validation split is carved out, at most data.train_limit."""
+    left, limit = training_images(study, experiment), study.data.train_limit
+    return min(left, limit) if limit is not None else left
 
 
 def _shape(shape: tuple[int, ...]) -> str:
