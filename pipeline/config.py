@@ -27,7 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipeline import plugins, validate
 from pipeline.validate import Problem
-from relief.data import DATASETS
+from relief.data import DATASETS, DatasetSpec, image_folder
 from relief.data.image_folder import count_images, files_sha256, layout_problem
 from relief.loop import REWINDS
 from relief.models import check_architecture
@@ -269,6 +269,7 @@ class ImageFolderDataset(Strict):
     augment: bool = False  # random crop with padding 4 and horizontal flip, as for CIFAR
     _files_sha256: str | None = PrivateAttr(None)
     _split_sizes: dict[str, int] = PrivateAttr({})  # images per split folder
+    _specs: dict[str, DatasetSpec] = PrivateAttr(default_factory=dict)  # by name, read once
 
     @model_validator(mode="after")
     def _statistics_per_channel_and_a_readable_layout(self) -> ImageFolderDataset:
@@ -287,6 +288,13 @@ class ImageFolderDataset(Strict):
     def has_val_folder(self) -> bool:
         """Whether the folder has a val/ split (else the validation images are carved from train/)."""
         return self._split_sizes["val"] > 0
+
+    def spec(self, name: str) -> DatasetSpec:
+        """Its DatasetSpec as the dataset ``name``: image shape, classes, training split size (the folder is read
+        once, however many checks ask)."""
+        if name not in self._specs:
+            self._specs[name] = image_folder.spec(name, self.folder, **self.model_dump(exclude={"folder"}))
+        return self._specs[name]
 
     def slice(self) -> dict:
         """What changes a model trained on it: the settings and the files' names and sizes, not where they are."""

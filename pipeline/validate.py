@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from relief import models
-from relief.data import DATASETS, DatasetError, DatasetSpec, image_folder, read_checksums
+from relief.data import DATASETS, DatasetError, DatasetSpec, read_checksums
 
 if TYPE_CHECKING:
     from pipeline.config import Experiment, Study
@@ -51,9 +51,7 @@ def facts(study: Study, experiment: Experiment) -> DatasetSpec:
     """What is known of the experiment's dataset before loading it: image shape, classes, training split size (read
     from the folder for a dataset of the study's own)."""
     own = study.datasets.get(experiment.dataset)
-    if own is None:
-        return DATASETS[experiment.dataset]
-    return image_folder.spec(experiment.dataset, own.folder, **own.model_dump(exclude={"folder"}))
+    return DATASETS[experiment.dataset] if own is None else own.spec(experiment.dataset)
 
 
 def _carves_validation(study: Study, experiment: Experiment) -> bool:
