@@ -10,6 +10,11 @@ import torch
 from pipeline.jobs import cpu_name
 
 
+def device_name(device: torch.device) -> str:
+    """The device's name as a throughput file records it (bench/gpu.py and bench/gpu_share.py write the same file)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
+
+
 def describe(threads: int) -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, torch threads {threads}"
 

@@ -46,9 +46,9 @@ THROUGHPUT_FORMAT = "relief throughput, version 1"
 BACKWARD_FACTOR = 3  # forward + backward = 3 forwards' multiply-adds
 
 
-def variant(experiment: Experiment) -> str:
-    """The throughput file's key for an experiment's training: precision, and the layout when channels_last."""
-    return experiment.precision + ("-channels_last" if experiment.channels_last else "")
+def variant(precision: str, channels_last: bool) -> str:
+    """The throughput file's key for a training's variant: precision, and the layout when channels_last."""
+    return precision + ("-channels_last" if channels_last else "")
 
 
 def forward_macs(architecture: str, data: DatasetSpec) -> int:
@@ -81,7 +81,8 @@ def rows(study: Study) -> list[Row]:
     for job in [*grid.dense.values(), *grid.prune.values()]:
         name, architecture = job.labels["experiment"], job.labels["architecture"]
         experiment = study.experiments[name]
-        row = found.setdefault((name, architecture), Row(name, experiment.dataset, architecture, variant(experiment)))
+        trained = variant(experiment.precision, experiment.channels_last)
+        row = found.setdefault((name, architecture), Row(name, experiment.dataset, architecture, trained))
         data = validate.facts(study, experiment)
         key = (architecture, data.input_shape, data.num_classes)
         if key not in macs:
