@@ -88,15 +88,10 @@ def _one_or_more(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-def _distinct(values: list) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"a sweep lists each value once, got {values}")
-    return values
-
-
 def Sweep(item: Any) -> Any:
-    """One value, or a list of distinct values to sweep over (one NNrelief job per combination); held as a list."""
-    return Annotated[list[item], BeforeValidator(_one_or_more), AfterValidator(_distinct), Field(min_length=1)]
+    """One value, or a list of values to sweep over (one NNrelief job per combination); held as a list. A value
+    listed twice is refused with the study's other repeated lists (pipeline/validate.py, listed_once)."""
+    return Annotated[list[item], BeforeValidator(_one_or_more), Field(min_length=1)]
 
 
 class NNreliefSettings(Strict):

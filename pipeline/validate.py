@@ -165,6 +165,8 @@ def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Pro
         lists[f"experiments.{name}.seeds"] = experiment.seeds
     if experiment.pruners is not None:
         lists[f"experiments.{name}.pruners"] = [pruner.name for pruner in experiment.pruners]
+    for key in experiment.nnrelief.swept():
+        lists[f"experiments.{name}.nnrelief.{key}"] = getattr(experiment.nnrelief, key)
     for path, values in lists.items():
         repeated = [value for index, value in enumerate(values) if value in values[:index]]
         if repeated:
