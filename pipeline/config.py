@@ -233,16 +233,13 @@ def _checked(name: str, cls: type | None, options: dict, path: str | None = None
         raise ValueError(str(error)) from None
 
 
-PrunerEntry = PrunerSpec  # one entry of a `pruners:` list, in the study or in an experiment
-
-
 def _includes_nnrelief(pruners: list[PrunerSpec]) -> list[PrunerSpec]:
     if "nnrelief" not in [pruner.name for pruner in pruners]:
         raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
     return pruners
 
 
-Pruners = Annotated[list[PrunerEntry], Field(min_length=1), AfterValidator(_includes_nnrelief)]
+Pruners = Annotated[list[PrunerSpec], Field(min_length=1), AfterValidator(_includes_nnrelief)]  # a pruners: list
 Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
