@@ -206,7 +206,7 @@ class PrunerSpec(Strict):
                 where = "under experiments.<name>.nnrelief" if self.name == "nnrelief" else "none"
                 raise ValueError(f"{self.name} takes no options here (its settings: {where})")
             if self.options:
-                _checked(self.name, None, self.options)
+                plugins.check(self.name, None, self.options)  # a PluginError is a ValueError
             return self
         if self.name in PRUNERS:
             raise ValueError(f"plugin name {self.name!r} is a built-in pruner's; choose another name")
@@ -214,7 +214,7 @@ class PrunerSpec(Strict):
             cls = plugins.resolve(self.plugin_class)
         except plugins.PluginError as error:
             raise ValueError(f"plugin {self.name!r} ({self.plugin_class}): {error}") from None
-        _checked(self.name, cls, self.options, self.plugin_class)
+        plugins.check(self.name, cls, self.options, self.plugin_class)
         self._source_sha256 = plugins.source_sha256(cls)
         return self
 
@@ -224,13 +224,6 @@ class PrunerSpec(Strict):
         if self.plugin_class is not None:
             piece["plugin"] = {"class": self.plugin_class, "source_sha256": self._source_sha256}
         return piece
-
-
-def _checked(name: str, cls: type | None, options: dict, path: str | None = None) -> None:
-    try:
-        plugins.check(name, cls, options, path)
-    except plugins.PluginError as error:
-        raise ValueError(str(error)) from None
 
 
 def _includes_nnrelief(pruners: list[PrunerSpec]) -> list[PrunerSpec]:
