@@ -125,11 +125,16 @@ class NNreliefSettings(Strict):
         """The settings given as lists of more than one value."""
         return [name for name in type(self).model_fields if len(getattr(self, name)) > 1]
 
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each setting's default, as a single value."""
+        return {name: field.default[0] for name, field in cls.model_fields.items()}
+
     def combinations(self, architecture: str) -> list[dict]:
         """Every combination of the listed values, as NNrelief's settings for one job on ``architecture``; a
         setting left at its default is left out unless it is one of the original four (so that existing jobs keep
         their hashes). The authors' variant has its conv_norm, rule and fc_inputs resolved for the architecture."""
-        names = list(type(self).model_fields)
+        names, defaults = list(type(self).model_fields), self.defaults()
         result = []
         for values in itertools.product(*(getattr(self, name) for name in names)):
             settings = dict(zip(names, values))
@@ -137,7 +142,7 @@ class NNreliefSettings(Strict):
                 settings.update(variant_settings(settings["variant"], architecture))
             result.append({name: value for name, value in settings.items() if name in PINNED_NNRELIEF
                            or settings["variant"] != "paper" and name in AUTHORS_SET
-                           or value != type(self).model_fields[name].default[0]})
+                           or value != defaults[name]})
         return result
 
 

@@ -217,8 +217,8 @@ def sweeps_without_targets(study: Study, name: str, experiment: Experiment) -> I
 
 
 def alpha_search_with_targets(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    default = type(experiment.nnrelief).model_fields["alpha_search"].default
-    if experiment.targets is None and experiment.nnrelief.alpha_search != default:
+    default = experiment.nnrelief.defaults()["alpha_search"]
+    if experiment.targets is None and experiment.nnrelief.alpha_search != [default]:
         yield Problem(f"experiments.{name}.nnrelief.alpha_search",
                       f"is used only with experiments.{name}.targets: remove it, or set targets",
                       experiment.nnrelief.alpha_search)
