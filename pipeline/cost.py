@@ -96,8 +96,8 @@ def rows(study: Study) -> list[Row]:
             row.dense_jobs += 1
         else:
             row.prune_jobs += 1
-            before = experiment.pretrain.epochs + (job_epochs(experiment, grid.reference(job)) if
-                                                   grid.reference(job) else 0)  # the jobs it waits for
+            reference = grid.reference(job)  # the jobs it waits for: dense, and NNrelief's when it follows it
+            before = experiment.pretrain.epochs + (job_epochs(experiment, reference) if reference else 0)
             row.chain_passes = max(row.chain_passes, (before + epochs) * images)
     return list(found.values())
 
