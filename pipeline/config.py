@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -386,6 +387,11 @@ def load_study(config: dict[str, Any], source: str = "params.yaml", found: Seque
     if problems:
         raise ConfigError(source, problems)
     return study
+
+
+def load_study_file(path: str | Path) -> Study:
+    """The validated study in the YAML file ``path`` (keys given twice in it are among the problems)."""
+    return load_study(yaml.safe_load(Path(path).read_text()), str(path), validate.duplicate_keys(path))
 
 
 def schema_problems(error: ValidationError, config: Any = None) -> list[Problem]:

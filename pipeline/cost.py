@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline import validate
-from pipeline.config import ConfigError, Experiment, Study, load_study
+from pipeline.config import ConfigError, Experiment, Study, load_study_file
 from pipeline.plan import Job, plan
 from relief import models
 from relief.data import DatasetSpec
@@ -196,8 +195,7 @@ def main() -> None:
         parser.error("--gpus and --jobs-per-gpu must be at least 1")
     throughput = Throughput.read(args.throughput) if args.throughput else None
     try:
-        study = load_study(yaml.safe_load(args.configfile.read_text()), str(args.configfile),
-                           validate.duplicate_keys(args.configfile))
+        study = load_study_file(args.configfile)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
     found = rows(study)
