@@ -60,9 +60,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from machine import add_threads_option, cpu_name, describe  # bench/machine.py and bench/training.py, next to this file
+from machine import add_threads_option, describe, device_name  # bench/machine.py, bench/training.py: next to this file
 from training import nnrelief_like_masks
 
+from pipeline.cost import THROUGHPUT_FORMAT, variant
 from relief import nnrelief
 from relief.data import DATASETS, Dataset, Split
 from relief.data.memory import random_crop_flip
@@ -83,7 +84,6 @@ def synchronize(device: torch.device) -> None:
 
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper.yaml"
-THROUGHPUT_FORMAT = "relief throughput, version 1"  # pipeline/cost.py reads it
 
 
 def paper_architectures() -> dict[str, str]:
@@ -241,19 +241,17 @@ def prune_rows(args, device: torch.device):
         yield norm, timings
 
 
-def write_throughput(path: Path, device: str, measured: dict, args) -> None:
-    """Update the throughput file at ``path``: relief's training images/s (what pipeline.cost reads), the bare
-    loop's and the masked model's, per architecture and variant."""
+def update_throughput(path: Path, device: str, notes: dict, tables: dict[str, dict[str, dict]]) -> None:
+    """Update the throughput file at ``path`` (for ``python -m pipeline.cost --throughput``), made if missing:
+    ``notes`` replace what the file says, each of ``tables`` (key -> architecture -> figures) is merged into it.
+    Refused when the file holds another device's figures."""
     document = json.loads(path.read_text()) if path.exists() else {}
     if document and (document.get("format") != THROUGHPUT_FORMAT or document.get("device") != device):
         raise SystemExit(f"{path} holds figures of another device or format; give a new --out")
-    document.update(format=THROUGHPUT_FORMAT, device=device, torch=torch.__version__,
-                    measured=datetime.date.today().isoformat(),
-                    training=f"relief.train.train, {args.train_images} random resident images per epoch, batch "
-                             f"{args.batch_size}, SGD, augment {args.augment}; images/s, median of {args.repeats}")
-    for loop, key in (("relief", "images_per_s"), ("bare", "bare_images_per_s"), ("masked", "masked_images_per_s")):
-        for architecture, variants in measured.get(loop, {}).items():
-            document.setdefault(key, {}).setdefault(architecture, {}).update(variants)
+    document.update(format=THROUGHPUT_FORMAT, device=device, **notes)
+    for key, by_architecture in tables.items():
+        for architecture, figures in by_architecture.items():
+            document.setdefault(key, {}).setdefault(architecture, {}).update(figures)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     print(f"# wrote {path}")
@@ -351,12 +349,16 @@ def main() -> None:
                     ),
                     header,
                 )
-                variant = precision + ("-channels_last" if channels_last else "")
                 for loop, value in rate.items():
-                    measured.setdefault(loop, {}).setdefault(architecture, {})[variant] = round(value, 1)
-        if args.out:
-            device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
-            write_throughput(args.out, device_name, measured, args)
+                    key = variant(precision, channels_last)
+                    measured.setdefault(loop, {}).setdefault(architecture, {})[key] = round(value, 1)
+        if args.out:  # relief's images/s (what pipeline.cost reads), the bare loop's and the masked model's
+            notes = {"torch": torch.__version__, "measured": datetime.date.today().isoformat(),
+                     "training": f"relief.train.train, {args.train_images} random resident images per epoch, batch "
+                                 f"{args.batch_size}, SGD, augment {args.augment}; images/s, median of {args.repeats}"}
+            update_throughput(args.out, device_name(device), notes, {
+                key: measured.get(loop, {}) for loop, key in
+                (("relief", "images_per_s"), ("bare", "bare_images_per_s"), ("masked", "masked_images_per_s"))})
     if not args.skip_prune:
         print(
             f"# VGG-like NNrelief pass (default alphas) on {args.prune_n} random images on the device, against "

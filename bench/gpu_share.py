@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
-from gpu import THROUGHPUT_FORMAT, paper_architectures, random_dataset  # bench/gpu.py, next to this file
-from machine import cpu_name
+from gpu import paper_architectures, random_dataset, update_throughput  # bench/gpu.py, next to this file
+from machine import device_name
 
 from relief.models import build
 from relief.train import TrainConfig, train
@@ -101,7 +101,7 @@ def main() -> None:
         worker(args)
         return
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_name()}"
+    name = device_name(device)
     print(f"# {name}; torch {torch.__version__}; host load average {os.getloadavg()[0]:.2f}; "
           f"{args.train_images} images per epoch, batch {args.batch_size}, {args.precision}, channels_last "
           f"{args.channels_last}, {args.seconds} s timed per measurement")
@@ -117,16 +117,9 @@ def main() -> None:
             gain = f"{rate / base:.2f}" if base else "n/a"
             print(f"{architecture:>12} {jobs:>2} {rate:>16,.0f} {rate / jobs:>14,.0f} {gain:>14}", flush=True)
     if args.out:
-        document = json.loads(args.out.read_text()) if args.out.exists() else {"format": THROUGHPUT_FORMAT,
-                                                                               "device": name}
-        if document.get("format") != THROUGHPUT_FORMAT or document.get("device") != name:
-            raise SystemExit(f"{args.out} holds figures of another device or format; give a new --out")
-        for architecture, by_jobs in measured.items():
-            document.setdefault("concurrent_images_per_s", {}).setdefault(architecture, {}).update(by_jobs)
-        document["concurrency"] = (f"k jobs on one device, each relief.train.train with {args.train_images} images "
-                                   f"per epoch, batch {args.batch_size}, {args.precision}; {args.seconds} s timed")
-        args.out.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        print(f"# wrote {args.out}")
+        concurrency = (f"k jobs on one device, each relief.train.train with {args.train_images} images per epoch, "
+                       f"batch {args.batch_size}, {args.precision}; {args.seconds} s timed")
+        update_throughput(args.out, name, {"concurrency": concurrency}, {"concurrent_images_per_s": measured})
     print(f"# host load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -24,7 +24,7 @@ import statistics
 import time
 
 import torch
-from machine import add_threads_option, describe  # bench/machine.py, next to this file
+from machine import add_threads_option, describe, load_average  # bench/machine.py, next to this file
 
 from relief import models, nnrelief
 from relief.data import load
@@ -87,7 +87,7 @@ def main() -> None:
     add_threads_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{describe(args.threads)}; load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"{describe(args.threads)}; load average {load_average()}")
     data = load("fashion-mnist", args.root, mirrors=[MIRROR] if os.path.isdir(MIRROR) else [])
     images, _ = data.pruning_set(1000, seed=0)
     problems = []
@@ -103,7 +103,7 @@ def main() -> None:
         problems += [f"{name}: {problem}" for problem in found]
         timing(model, images, total, args.repeats)
     print("monotone everywhere" if not problems else "NOT monotone:\n  " + "\n  ".join(problems))
-    print(f"load average at the end {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"load average at the end {load_average()}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-from machine import cpu_name  # bench/machine.py, next to this file
+from machine import cpu_name, load_average  # bench/machine.py, next to this file
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("fetch", "dense", "prune", "inference", "ingest", "report")
@@ -97,8 +97,7 @@ def main() -> None:
             raise SystemExit(f"{args.folder} is not empty: give a new --folder, or --no-run to read its benchmarks")
         args.folder.mkdir(parents=True, exist_ok=True)
         wall, cpu = run_study(args.folder, args.configfile, args.cores)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}; load average "
-          f"{' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}; load average {load_average()}")
     runs = yaml.safe_load((args.configfile or REPO / "params.yaml").read_text()).get("runs_dir", "runs")
     print(table(jobs_by_stage(args.folder / runs), wall, cpu))
 

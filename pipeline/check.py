@@ -15,17 +15,14 @@ import csv
 import json
 from pathlib import Path
 
-import yaml
-
-from pipeline.config import ConfigError, load_study
+from pipeline.config import ConfigError, load_study_file
 from pipeline.figures import FIGURES
 from pipeline.plan import plan
 from pipeline.report import GROUP_KEYS, groups, load_runs
-from pipeline.validate import duplicate_keys
 
 
 def problems(configfile: Path) -> tuple[list[str], str]:
-    study = load_study(yaml.safe_load(configfile.read_text()), str(configfile), duplicate_keys(configfile))
+    study = load_study_file(configfile)
     grid = plan(study)
     runs, results = Path(study.runs_dir), Path(study.results_dir)
     found = []

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -27,7 +28,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipeline import plugins, validate
 from pipeline.validate import Problem
-from relief.data import DATASETS
+from relief.data import DATASETS, DatasetSpec, image_folder
 from relief.data.image_folder import count_images, files_sha256, layout_problem
 from relief.loop import REWINDS
 from relief.models import check_architecture
@@ -88,15 +89,10 @@ def _one_or_more(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
-def _distinct(values: list) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"a sweep lists each value once, got {values}")
-    return values
-
-
 def Sweep(item: Any) -> Any:
-    """One value, or a list of distinct values to sweep over (one NNrelief job per combination); held as a list."""
-    return Annotated[list[item], BeforeValidator(_one_or_more), AfterValidator(_distinct), Field(min_length=1)]
+    """One value, or a list of values to sweep over (one NNrelief job per combination); held as a list. A value
+    listed twice is refused with the study's other repeated lists (pipeline/validate.py, listed_once)."""
+    return Annotated[list[item], BeforeValidator(_one_or_more), Field(min_length=1)]
 
 
 class NNreliefSettings(Strict):
@@ -130,11 +126,16 @@ class NNreliefSettings(Strict):
         """The settings given as lists of more than one value."""
         return [name for name in type(self).model_fields if len(getattr(self, name)) > 1]
 
+    @classmethod
+    def defaults(cls) -> dict:
+        """Each setting's default, as a single value."""
+        return {name: field.default[0] for name, field in cls.model_fields.items()}
+
     def combinations(self, architecture: str) -> list[dict]:
         """Every combination of the listed values, as NNrelief's settings for one job on ``architecture``; a
         setting left at its default is left out unless it is one of the original four (so that existing jobs keep
         their hashes). The authors' variant has its conv_norm, rule and fc_inputs resolved for the architecture."""
-        names = list(type(self).model_fields)
+        names, defaults = list(type(self).model_fields), self.defaults()
         result = []
         for values in itertools.product(*(getattr(self, name) for name in names)):
             settings = dict(zip(names, values))
@@ -142,7 +143,7 @@ class NNreliefSettings(Strict):
                 settings.update(variant_settings(settings["variant"], architecture))
             result.append({name: value for name, value in settings.items() if name in PINNED_NNRELIEF
                            or settings["variant"] != "paper" and name in AUTHORS_SET
-                           or value != type(self).model_fields[name].default[0]})
+                           or value != defaults[name]})
         return result
 
 
@@ -211,7 +212,7 @@ class PrunerSpec(Strict):
                 where = "under experiments.<name>.nnrelief" if self.name == "nnrelief" else "none"
                 raise ValueError(f"{self.name} takes no options here (its settings: {where})")
             if self.options:
-                _checked(self.name, None, self.options)
+                plugins.check(self.name, None, self.options)  # a PluginError is a ValueError
             return self
         if self.name in PRUNERS:
             raise ValueError(f"plugin name {self.name!r} is a built-in pruner's; choose another name")
@@ -219,7 +220,7 @@ class PrunerSpec(Strict):
             cls = plugins.resolve(self.plugin_class)
         except plugins.PluginError as error:
             raise ValueError(f"plugin {self.name!r} ({self.plugin_class}): {error}") from None
-        _checked(self.name, cls, self.options, self.plugin_class)
+        plugins.check(self.name, cls, self.options, self.plugin_class)
         self._source_sha256 = plugins.source_sha256(cls)
         return self
 
@@ -231,23 +232,13 @@ class PrunerSpec(Strict):
         return piece
 
 
-def _checked(name: str, cls: type | None, options: dict, path: str | None = None) -> None:
-    try:
-        plugins.check(name, cls, options, path)
-    except plugins.PluginError as error:
-        raise ValueError(str(error)) from None
-
-
-PrunerEntry = PrunerSpec  # one entry of a `pruners:` list, in the study or in an experiment
-
-
 def _includes_nnrelief(pruners: list[PrunerSpec]) -> list[PrunerSpec]:
     if "nnrelief" not in [pruner.name for pruner in pruners]:
         raise ValueError("must include 'nnrelief': the baselines prune to NNrelief's counts")
     return pruners
 
 
-Pruners = Annotated[list[PrunerEntry], Field(min_length=1), AfterValidator(_includes_nnrelief)]
+Pruners = Annotated[list[PrunerSpec], Field(min_length=1), AfterValidator(_includes_nnrelief)]  # a pruners: list
 Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
@@ -269,6 +260,7 @@ class ImageFolderDataset(Strict):
     augment: bool = False  # random crop with padding 4 and horizontal flip, as for CIFAR
     _files_sha256: str | None = PrivateAttr(None)
     _split_sizes: dict[str, int] = PrivateAttr({})  # images per split folder
+    _specs: dict[str, DatasetSpec] = PrivateAttr(default_factory=dict)  # by name, read once
 
     @model_validator(mode="after")
     def _statistics_per_channel_and_a_readable_layout(self) -> ImageFolderDataset:
@@ -287,6 +279,13 @@ class ImageFolderDataset(Strict):
     def has_val_folder(self) -> bool:
         """Whether the folder has a val/ split (else the validation images are carved from train/)."""
         return self._split_sizes["val"] > 0
+
+    def spec(self, name: str) -> DatasetSpec:
+        """Its DatasetSpec as the dataset ``name``: image shape, classes, training split size (the folder is read
+        once, however many checks ask)."""
+        if name not in self._specs:
+            self._specs[name] = image_folder.spec(name, self.folder, **self.model_dump(exclude={"folder"}))
+        return self._specs[name]
 
     def slice(self) -> dict:
         """What changes a model trained on it: the settings and the files' names and sizes, not where they are."""
@@ -388,6 +387,11 @@ def load_study(config: dict[str, Any], source: str = "params.yaml", found: Seque
     if problems:
         raise ConfigError(source, problems)
     return study
+
+
+def load_study_file(path: str | Path) -> Study:
+    """The validated study in the YAML file ``path`` (keys given twice in it are among the problems)."""
+    return load_study(yaml.safe_load(Path(path).read_text()), str(path), validate.duplicate_keys(path))
 
 
 def schema_problems(error: ValidationError, config: Any = None) -> list[Problem]:

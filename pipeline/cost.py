@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline import validate
-from pipeline.config import ConfigError, Experiment, Study, load_study
+from pipeline.config import ConfigError, Experiment, Study, load_study_file
 from pipeline.plan import Job, plan
 from relief import models
 from relief.data import DatasetSpec
@@ -46,15 +45,9 @@ THROUGHPUT_FORMAT = "relief throughput, version 1"
 BACKWARD_FACTOR = 3  # forward + backward = 3 forwards' multiply-adds
 
 
-def variant(experiment: Experiment) -> str:
-    """The throughput file's key for an experiment's training: precision, and the layout when channels_last."""
-    return experiment.precision + ("-channels_last" if experiment.channels_last else "")
-
-
-def training_images(study: Study, experiment: Experiment) -> int:
-    """The images one training epoch passes over: the training split less data.val_size, at most data.train_limit."""
-    left = validate.training_images(study, experiment)
-    return min(left, study.data.train_limit) if study.data.train_limit else left
+def variant(precision: str, channels_last: bool) -> str:
+    """The throughput file's key for a training's variant: precision, and the layout when channels_last."""
+    return precision + ("-channels_last" if channels_last else "")
 
 
 def forward_macs(architecture: str, data: DatasetSpec) -> int:
@@ -87,13 +80,14 @@ def rows(study: Study) -> list[Row]:
     for job in [*grid.dense.values(), *grid.prune.values()]:
         name, architecture = job.labels["experiment"], job.labels["architecture"]
         experiment = study.experiments[name]
-        row = found.setdefault((name, architecture), Row(name, experiment.dataset, architecture, variant(experiment)))
+        trained = variant(experiment.precision, experiment.channels_last)
+        row = found.setdefault((name, architecture), Row(name, experiment.dataset, architecture, trained))
         data = validate.facts(study, experiment)
         key = (architecture, data.input_shape, data.num_classes)
         if key not in macs:
             macs[key] = forward_macs(architecture, data)
         row.macs_per_image = macs[key]
-        images = training_images(study, experiment)
+        images = validate.epoch_images(study, experiment)
         epochs = job_epochs(experiment, job)
         row.epochs += epochs
         row.image_passes += epochs * images
@@ -101,8 +95,8 @@ def rows(study: Study) -> list[Row]:
             row.dense_jobs += 1
         else:
             row.prune_jobs += 1
-            before = experiment.pretrain.epochs + (job_epochs(experiment, grid.reference(job)) if
-                                                   grid.reference(job) else 0)  # the jobs it waits for
+            reference = grid.reference(job)  # the jobs it waits for: dense, and NNrelief's when it follows it
+            before = experiment.pretrain.epochs + (job_epochs(experiment, reference) if reference else 0)
             row.chain_passes = max(row.chain_passes, (before + epochs) * images)
     return list(found.values())
 
@@ -201,8 +195,7 @@ def main() -> None:
         parser.error("--gpus and --jobs-per-gpu must be at least 1")
     throughput = Throughput.read(args.throughput) if args.throughput else None
     try:
-        study = load_study(yaml.safe_load(args.configfile.read_text()), str(args.configfile),
-                           validate.duplicate_keys(args.configfile))
+        study = load_study_file(args.configfile)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
     found = rows(study)

@@ -98,7 +98,7 @@ def _setting_labels(nnrelief: NNreliefSettings, settings: dict) -> dict:
     """The labels of one NNrelief configuration: ``sweep`` names the swept settings' values (and a variant other
     than the paper's, swept or not), so that each configuration has its own groups in the report; ``variant`` is
     the variant when it is not the paper's."""
-    defaults = {name: field.default[0] for name, field in NNreliefSettings.model_fields.items()}
+    defaults = NNreliefSettings.defaults()
     variant = settings.get("variant", defaults["variant"])
     shown = nnrelief.swept()
     if variant != defaults["variant"] and "variant" not in shown:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from relief import models
-from relief.data import DATASETS, DatasetError, DatasetSpec, image_folder, read_checksums
+from relief.data import DATASETS, DatasetError, DatasetSpec, read_checksums
 
 if TYPE_CHECKING:
     from pipeline.config import Experiment, Study
@@ -51,9 +51,7 @@ def facts(study: Study, experiment: Experiment) -> DatasetSpec:
     """What is known of the experiment's dataset before loading it: image shape, classes, training split size (read
     from the folder for a dataset of the study's own)."""
     own = study.datasets.get(experiment.dataset)
-    if own is None:
-        return DATASETS[experiment.dataset]
-    return image_folder.spec(experiment.dataset, own.folder, **own.model_dump(exclude={"folder"}))
+    return DATASETS[experiment.dataset] if own is None else own.spec(experiment.dataset)
 
 
 def _carves_validation(study: Study, experiment: Experiment) -> bool:
@@ -131,8 +129,7 @@ def train_limit_fits(study: Study, name: str, experiment: Experiment) -> Iterato
 
 def prune_set_fits(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
     data, size, left = facts(study, experiment), experiment.loop.prune_set_size, training_images(study, experiment)
-    limit = study.data.train_limit
-    available = min(left, limit) if limit is not None else left
+    available = epoch_images(study, experiment)
     if 0 < available < size:
         after = "data.val_size and data.train_limit" if available < left else "data.val_size"
         yield Problem(
@@ -168,6 +165,8 @@ def listed_once(study: Study, name: str, experiment: Experiment) -> Iterator[Pro
         lists[f"experiments.{name}.seeds"] = experiment.seeds
     if experiment.pruners is not None:
         lists[f"experiments.{name}.pruners"] = [pruner.name for pruner in experiment.pruners]
+    for key in experiment.nnrelief.swept():
+        lists[f"experiments.{name}.nnrelief.{key}"] = getattr(experiment.nnrelief, key)
     for path, values in lists.items():
         repeated = [value for index, value in enumerate(values) if value in values[:index]]
         if repeated:
@@ -218,8 +217,8 @@ def sweeps_without_targets(study: Study, name: str, experiment: Experiment) -> I
 
 
 def alpha_search_with_targets(study: Study, name: str, experiment: Experiment) -> Iterator[Problem]:
-    default = type(experiment.nnrelief).model_fields["alpha_search"].default
-    if experiment.targets is None and experiment.nnrelief.alpha_search != default:
+    default = experiment.nnrelief.defaults()["alpha_search"]
+    if experiment.targets is None and experiment.nnrelief.alpha_search != [default]:
         yield Problem(f"experiments.{name}.nnrelief.alpha_search",
                       f"is used only with experiments.{name}.targets: remove it, or set targets",
                       experiment.nnrelief.alpha_search)
@@ -295,6 +294,13 @@ def training_images(study: Study, experiment: Experiment) -> int:
     """The training images left once the validation split is carved out (train_limit then takes the first ones)."""
     carved = study.data.val_size if _carves_validation(study, experiment) else 0
     return facts(study, experiment).train_size - carved
+
+
+def epoch_images(study: Study, experiment: Experiment) -> int:
+    """The images one training epoch passes over (and the pruning set is drawn from): the training images left once
+    the validation split is carved out, at most data.train_limit."""
+    left, limit = training_images(study, experiment), study.data.train_limit
+    return min(left, limit) if limit is not None else left
 
 
 def _shape(shape: tuple[int, ...]) -> str:

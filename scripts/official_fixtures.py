@@ -116,29 +116,24 @@ def lenet_weights(net) -> dict:
     return {key.replace("feature_extractor.", "features."): value.clone() for key, value in state.items()}
 
 
+def layer_masks(layers: nn.Module, kind: type, masks: list, prefix: str) -> dict:
+    """Their masks of ``layers``' ``kind`` layers (weight, bias, weight, bias, ... in order), in relief's names."""
+    found = {}
+    for index, layer in enumerate(name for name, module in layers.named_children() if isinstance(module, kind)):
+        found[f"{prefix}.{layer}.weight"] = _bool(masks[2 * index])
+        found[f"{prefix}.{layer}.bias"] = _bool(masks[2 * index + 1])
+    return found
+
+
 def lenet_masks(net) -> dict:
-    masks = {}
-    if hasattr(net, "feature_extractor_masks"):
-        for index, name in enumerate(["features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"]):
-            masks[name] = _bool(net.feature_extractor_masks[index])
-    linears = [name for name, module in net.classifier.named_children() if isinstance(module, nn.Linear)]
-    for index, layer in enumerate(linears):
-        masks[f"classifier.{layer}.weight"] = _bool(net.classifier_masks[2 * index])
-        masks[f"classifier.{layer}.bias"] = _bool(net.classifier_masks[2 * index + 1])
-    return masks
+    features = (layer_masks(net.feature_extractor, nn.Conv2d, net.feature_extractor_masks, "features")
+                if hasattr(net, "feature_extractor_masks") else {})
+    return {**features, **layer_masks(net.classifier, nn.Linear, net.classifier_masks, "classifier")}
 
 
 def vgg_masks(net) -> dict:
-    convs = [name for name, module in net.features.named_children() if isinstance(module, nn.Conv2d)]
-    masks = {}
-    for index, layer in enumerate(convs):
-        masks[f"features.{layer}.weight"] = _bool(net.features_masks[2 * index])
-        masks[f"features.{layer}.bias"] = _bool(net.features_masks[2 * index + 1])
-    linears = [name for name, module in net.classifier.named_children() if isinstance(module, nn.Linear)]
-    for index, layer in enumerate(linears):
-        masks[f"classifier.{layer}.weight"] = _bool(net.classifier_masks[2 * index])
-        masks[f"classifier.{layer}.bias"] = _bool(net.classifier_masks[2 * index + 1])
-    return masks
+    return {**layer_masks(net.features, nn.Conv2d, net.features_masks, "features"),
+            **layer_masks(net.classifier, nn.Linear, net.classifier_masks, "classifier")}
 
 
 def resnet_weights(net) -> dict:
