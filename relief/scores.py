@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CONV_NORMS = ("fro", "fro-mean", "l1")
-_CHUNK_ELEMENTS = 2**24  # bound on the patches and the per-sample squares of one chunk of "fro" scoring
+_CHUNK_ELEMENTS = 2**24  # bound on the patches, maps and per-sample squares of one chunk of "fro" scoring
 
 
 class ScoreAccumulator:
@@ -63,16 +63,14 @@ class ScoreAccumulator:
         elif self.conv_norm == "fro":
             connections = mean
             bias_scale = math.sqrt(self.positions)
+        elif self.conv_norm == "fro-mean":
+            connections = self._fro_sum(mean.unsqueeze(0).to(weight.dtype))
+            bias_scale = math.sqrt(self.positions)
         else:
             patches = self._patches(mean.unsqueeze(0).to(weight.dtype))[0]  # (in, k*k, positions)
             kernels = _grouped(weight.flatten(2), self.layer.groups)  # (in, out / groups, k*k)
-            if self.conv_norm == "fro-mean":
-                squares = torch.bmm(_pair_products(kernels), _gram_pairs(patches[None]))
-                connections = _ungrouped(squares[..., 0], self.layer.groups).clamp_min(0).sqrt()
-                bias_scale = math.sqrt(self.positions)
-            else:
-                connections = _ungrouped(torch.einsum("iop,ip->io", kernels, patches.sum(-1)), self.layer.groups)
-                bias_scale = float(self.positions)
+            connections = _ungrouped(torch.einsum("iop,ip->io", kernels, patches.sum(-1)), self.layer.groups)
+            bias_scale = float(self.positions)
         bias = self.layer.bias
         bias = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device) if bias is None else (
             bias.detach().abs().to(torch.float64) * bias_scale)
@@ -89,20 +87,48 @@ class ScoreAccumulator:
         return patches.view(x.shape[0], layer.in_channels, -1, patches.shape[-1])
 
     def _fro_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel, without per-kernel output maps."""
+        """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel, by whichever of the two ways costs fewer
+        multiply-adds: Gram matrices of the patches, or each kernel's own output map (large kernels at few positions,
+        as in ViT's patch embedding, and depthwise kernels)."""
+        layer = self.layer
+        positions = _output_positions(layer, x.shape[-2:])
+        taps = math.prod(layer.kernel_size)
+        per_channel = layer.out_channels // layer.groups
+        by_maps = per_channel * taps * positions
+        by_grams = taps * taps * positions + per_channel * taps * (taps + 1) // 2
+        return self._fro_sum_by_maps(x) if by_maps < by_grams else self._fro_sum_by_grams(x)
+
+    def _fro_sum_by_grams(self, x: torch.Tensor) -> torch.Tensor:
+        """``_fro_sum`` as k^T G k, without per-kernel output maps."""
+        layer = self.layer
         if self.products is None:
-            kernels = self.layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in / groups, k*k)
-            self.products = _pair_products(_grouped(kernels, self.layer.groups))
-        in_channels, out_channels, _ = self.products.shape
-        taps = math.prod(self.layer.kernel_size)
-        positions = _output_positions(self.layer, x.shape[-2:])
-        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(out_channels, taps * positions)))
-        total = torch.zeros(in_channels, out_channels, dtype=torch.float64, device=x.device)
+            kernels = layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in / groups, k*k)
+            self.products = _pair_products(_grouped(kernels, layer.groups))
+        in_channels, per_channel, _ = self.products.shape
+        taps = math.prod(layer.kernel_size)
+        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(per_channel, taps * self.positions)))
+        total = torch.zeros(in_channels, per_channel, dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], chunk):
             grams = _gram_pairs(self._patches(x[start:start + chunk]))  # (in, pairs, n)
             squares = torch.bmm(self.products, grams)  # (in, out / groups, n): ||K_ij * |x_ni| ||_F^2
             total += squares.clamp_min_(0).sqrt_().sum(-1)
-        return _ungrouped(total, self.layer.groups)
+        return _ungrouped(total, layer.groups)
+
+    def _fro_sum_by_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """``_fro_sum`` from the output map of every kernel K_ij on its input channel i (a conv with groups = in)."""
+        layer = self.layer
+        kernels = _grouped(layer.weight.detach().abs().flatten(2).to(x.dtype), layer.groups)  # (in, out / groups, k*k)
+        in_channels, per_channel, _ = kernels.shape
+        kernels = kernels.reshape(in_channels * per_channel, 1, *layer.kernel_size)
+        self.positions = _output_positions(layer, x.shape[-2:])
+        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * per_channel * self.positions))
+        total = torch.zeros(in_channels, per_channel, dtype=torch.float64, device=x.device)
+        for start in range(0, x.shape[0], chunk):
+            padded = F.pad(x[start:start + chunk].abs(), _padding(layer))
+            maps = F.conv2d(padded, kernels, stride=layer.stride, dilation=layer.dilation, groups=in_channels)
+            norms = maps.square().sum((-2, -1)).sqrt()  # (n, in * out / groups)
+            total += norms.view(-1, in_channels, per_channel).sum(0, dtype=torch.float64)
+        return _ungrouped(total, layer.groups)
 
 
 def _pairs(taps: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -181,6 +181,49 @@ def test_grouped_conv_matches_reference(case, norm):
     assert_close(got, reference.scores(layer, x, norm), rtol=RTOL, atol=ATOL)
 
 
+# "fro" sums ||K_ij * |x_ni| ||_F either from Gram matrices of the patches or from each kernel's own output map,
+# whichever costs fewer multiply-adds; both must give the reference's scores wherever either could be chosen.
+BOTH_WAYS_CASES = {
+    **{name: (kwargs, (3, 2, 1), size) for name, (kwargs, size) in CONV_CASES.items()},
+    **{name: (dict(stride=2, padding=2, dilation=2), channels, (7, 8)) for name, channels in GROUPED_CASES.items()},
+    "patch_embedding": (dict(kernel_size=8, stride=8), (3, 5, 1), (16, 16)),  # ViT's: large kernels, 4 positions
+}
+
+
+@pytest.mark.parametrize("way", ["_fro_sum_by_grams", "_fro_sum_by_maps"])
+@pytest.mark.parametrize("case", list(BOTH_WAYS_CASES))
+def test_fro_both_ways_match_reference(monkeypatch, case, way):
+    from relief.scores import ScoreAccumulator
+
+    kwargs, (in_channels, out_channels, groups), (height, width) = BOTH_WAYS_CASES[case]
+    layer = _conv(in_channels=in_channels, out_channels=out_channels, groups=groups, **dict(kwargs))
+    x = _inputs(3, in_channels, height, width)
+    monkeypatch.setattr(ScoreAccumulator, "_fro_sum", getattr(ScoreAccumulator, way))
+    for norm in ("fro", "fro-mean"):
+        accumulator = ScoreAccumulator(layer, norm)
+        accumulator.add(x)
+        assert_close(accumulator.scores(), reference.scores(layer, x, norm), rtol=RTOL, atol=ATOL)
+
+
+def test_patch_embedding_scores_from_maps_in_bounded_memory():
+    # ViT-B/32's patch embedding (32 x 32 kernels, 768 filters) on 64 x 64 images: its Gram route would hold
+    # 3 x 768 x 524,800 kernel pair products (4.8 GB); from the maps it is 3 x 768 x 4 values per image.
+    layer = nn.Conv2d(3, 768, 32, stride=32)
+    x = _inputs(2, 3, 64, 64)
+    for norm in ("fro", "fro-mean"):
+        scores = connection_scores(layer, x, norm)
+        assert scores.shape == (768, 4)
+        assert_close(scores[:4], reference.scores(_first_filters(layer, 4), x, norm), rtol=RTOL, atol=ATOL)
+
+
+def _first_filters(layer, count):
+    small = nn.Conv2d(layer.in_channels, count, layer.kernel_size, stride=layer.stride)
+    with torch.no_grad():
+        small.weight.copy_(layer.weight[:count])
+        small.bias.copy_(layer.bias[:count])
+    return small
+
+
 def test_depthwise_conv_hand_computed():
     # Two depthwise 1x1 filters: filter c reads input channel c only; 2x2 maps, H*W = 4.
     layer = nn.Conv2d(2, 2, 1, groups=2)
