@@ -67,23 +67,27 @@ def keep_mask(scores: torch.Tensor, alpha: float, rule: str = "paper") -> torch.
 
 
 class _Ranked:
-    """A score matrix with each row sorted and summed once, so that many alphas can be applied to it."""
+    """A score matrix with each row sorted and summed once, so that many alphas can be applied to it. The largest
+    models hold every layer's at once, so it keeps per entry 21 bytes: the scores, the running sums, the order (as
+    int32) and whether the entry at each sorted position is positive."""
 
     def __init__(self, scores: torch.Tensor):
         self.values = scores.to(torch.float64)
-        self.ordered, self.order = self.values.sort(dim=1, descending=True, stable=True)
-        self.cumulative = self.ordered.cumsum(dim=1)
+        ordered, order = self.values.sort(dim=1, descending=True, stable=True)
+        self.order = order.to(torch.int32)
+        self.positive = ordered > 0
+        self.cumulative = ordered.cumsum(dim=1)
 
 
 def _keep(ranked: _Ranked, alpha: float, rule: str) -> torch.Tensor:
-    values, ordered, order, cumulative = ranked.values, ranked.ordered, ranked.order, ranked.cumulative
+    values, order, cumulative = ranked.values, ranked.order.long(), ranked.cumulative
     before = torch.searchsorted(cumulative, alpha * cumulative[:, -1:])  # entries before alpha is reached
     width = values.shape[1]
     if rule == "official":
         pivot = torch.where(before < width - 1, before + 1, torch.full_like(before, width - 1))
-        return values > ordered.gather(1, pivot)
-    positions = torch.arange(width, device=values.device).expand_as(ordered)
-    kept_in_order = (positions <= before) & (ordered > 0)
+        return values > values.gather(1, order.gather(1, pivot))
+    positions = torch.arange(width, device=values.device).expand_as(order)
+    kept_in_order = (positions <= before) & ranked.positive
     return torch.zeros_like(kept_in_order).scatter(1, order, kept_in_order)
 
 

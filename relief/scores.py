@@ -13,6 +13,10 @@ from torch import nn
 
 CONV_NORMS = ("fro", "fro-mean", "l1")
 _CHUNK_ELEMENTS = 2**24  # bound on the patches, maps and per-sample squares of one chunk of "fro" scoring
+# Per input channel and sample, the Gram route costs out x taps x (taps + 1) / 2 kernel pair products and the maps
+# route out x taps x positions multiply-adds, but it writes every map entry; bench/fro_routes.py measured the maps
+# route slower on every layer but ViT-B/32's patch embedding (1024 taps per 49 or 4 positions, 20x faster there).
+_MAPS_TAPS_PER_POSITION = 8
 
 
 class ScoreAccumulator:
@@ -87,16 +91,12 @@ class ScoreAccumulator:
         return patches.view(x.shape[0], layer.in_channels, -1, patches.shape[-1])
 
     def _fro_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel, by whichever of the two ways costs fewer
-        multiply-adds: Gram matrices of the patches, or each kernel's own output map (large kernels at few positions,
-        as in ViT's patch embedding, and depthwise kernels)."""
-        layer = self.layer
-        positions = _output_positions(layer, x.shape[-2:])
-        taps = math.prod(layer.kernel_size)
-        per_channel = layer.out_channels // layer.groups
-        by_maps = per_channel * taps * positions
-        by_grams = taps * taps * positions + per_channel * taps * (taps + 1) // 2
-        return self._fro_sum_by_maps(x) if by_maps < by_grams else self._fro_sum_by_grams(x)
+        """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel: from Gram matrices of the patches, or, for
+        kernels with many taps per output position (ViT's patch embeddings), from each kernel's own output map."""
+        taps = math.prod(self.layer.kernel_size)
+        if taps > _MAPS_TAPS_PER_POSITION * _output_positions(self.layer, x.shape[-2:]):
+            return self._fro_sum_by_maps(x)
+        return self._fro_sum_by_grams(x)
 
     def _fro_sum_by_grams(self, x: torch.Tensor) -> torch.Tensor:
         """``_fro_sum`` as k^T G k, without per-kernel output maps."""
@@ -115,19 +115,19 @@ class ScoreAccumulator:
         return _ungrouped(total, layer.groups)
 
     def _fro_sum_by_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """``_fro_sum`` from the output map of every kernel K_ij on its input channel i (a conv with groups = in)."""
+        """``_fro_sum`` from the output map of every kernel K_ij on its input channel i, one matrix product per
+        input channel."""
         layer = self.layer
         kernels = _grouped(layer.weight.detach().abs().flatten(2).to(x.dtype), layer.groups)  # (in, out / groups, k*k)
-        in_channels, per_channel, _ = kernels.shape
-        kernels = kernels.reshape(in_channels * per_channel, 1, *layer.kernel_size)
-        self.positions = _output_positions(layer, x.shape[-2:])
-        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * per_channel * self.positions))
+        in_channels, per_channel, taps = kernels.shape
+        positions = _output_positions(layer, x.shape[-2:])
+        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(per_channel, taps) * positions))
         total = torch.zeros(in_channels, per_channel, dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], chunk):
-            padded = F.pad(x[start:start + chunk].abs(), _padding(layer))
-            maps = F.conv2d(padded, kernels, stride=layer.stride, dilation=layer.dilation, groups=in_channels)
-            norms = maps.square().sum((-2, -1)).sqrt()  # (n, in * out / groups)
-            total += norms.view(-1, in_channels, per_channel).sum(0, dtype=torch.float64)
+            patches = self._patches(x[start:start + chunk])  # (n, in, k*k, positions)
+            n = patches.shape[0]
+            maps = torch.bmm(kernels, patches.permute(1, 2, 0, 3).reshape(in_channels, taps, n * positions))
+            total += maps.view(in_channels, per_channel, n, positions).square().sum(-1).sqrt().sum(-1)
         return _ungrouped(total, layer.groups)
 
 

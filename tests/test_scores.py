@@ -181,8 +181,8 @@ def test_grouped_conv_matches_reference(case, norm):
     assert_close(got, reference.scores(layer, x, norm), rtol=RTOL, atol=ATOL)
 
 
-# "fro" sums ||K_ij * |x_ni| ||_F either from Gram matrices of the patches or from each kernel's own output map,
-# whichever costs fewer multiply-adds; both must give the reference's scores wherever either could be chosen.
+# "fro" sums ||K_ij * |x_ni| ||_F either from Gram matrices of the patches or, for kernels with many taps per output
+# position, from each kernel's own output map; both must give the reference's scores on every layer.
 BOTH_WAYS_CASES = {
     **{name: (kwargs, (3, 2, 1), size) for name, (kwargs, size) in CONV_CASES.items()},
     **{name: (dict(stride=2, padding=2, dilation=2), channels, (7, 8)) for name, channels in GROUPED_CASES.items()},
