@@ -35,6 +35,7 @@ import argparse
 import copy
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -170,6 +171,11 @@ def problems(result: dict) -> list[str]:
     return found
 
 
+def _refused(name: str, reason: str) -> dict:
+    return {"model": name, "input": [3, input_size(name), input_size(name)], "smallest": smallest_input(name),
+            "refused": reason}
+
+
 def _run_one(name: str, images: int, cap: float) -> dict:
     """``check`` in a subprocess under a time cap; a failure or a timeout becomes the result's reason."""
     command = [sys.executable, __file__, "--one", name, "--images", str(images)]
@@ -177,12 +183,14 @@ def _run_one(name: str, images: int, cap: float) -> dict:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=cap, env=environment)
     except subprocess.TimeoutExpired:
-        return {"model": name, "input": [3, input_size(name), input_size(name)], "smallest": smallest_input(name),
-                "refused": f"not run to the end: over the time cap of {cap:.0f} s"}
+        return _refused(name, f"not run to the end: over the time cap of {cap:.0f} s")
+    if done.returncode == -signal.SIGKILL:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return _refused(name, "killed by SIGKILL, which the kernel's out-of-memory killer sends: the run needs more "
+                              f"than this machine's {memory:.0f} GiB")
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {"model": name, "input": [3, input_size(name), input_size(name)], "smallest": smallest_input(name),
-                "refused": lines[-1] if lines else f"exit status {done.returncode}"}
+        return _refused(name, lines[-1] if lines else f"exit status {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
