@@ -18,7 +18,7 @@ import torch
 from machine import add_threads_option, describe  # bench/machine.py, next to this file
 from torch import nn
 
-from relief.scores import ScoreAccumulator
+from relief.scores import ScoreAccumulator, takes_maps_route
 
 LAYERS = {  # name -> (layer, input batch shape)
     "LeNet-5 conv1, 5x5 at 28x28": (nn.Conv2d(1, 6, 5), (1000, 1, 28, 28)),
@@ -47,15 +47,6 @@ def seconds(layer: nn.Conv2d, x: torch.Tensor, route: str, repeats: int) -> floa
     return statistics.median(times)
 
 
-def chosen(layer: nn.Conv2d, x: torch.Tensor) -> str:
-    """The route ScoreAccumulator takes for ``x``, seen from which one it calls."""
-    accumulator, taken = ScoreAccumulator(layer, "fro"), []
-    for route in ROUTES:
-        setattr(accumulator, route, lambda batch, route=route: taken.append(route) or torch.zeros(1))
-    accumulator._fro_sum(x[:1])
-    return taken[0].removeprefix("_fro_sum_by_")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -68,7 +59,8 @@ def main() -> None:
     for name, (layer, shape) in LAYERS.items():
         x = torch.rand(shape)
         grams, maps = (seconds(layer, x, route, args.repeats) for route in ROUTES)
-        print(f"{name:44} {shape[0]:>6} {grams:>9.3f} {maps:>9.3f} {maps / grams:>9.2f}x  {chosen(layer, x)}",
+        chosen = "maps" if takes_maps_route(layer, shape[-2:]) else "grams"
+        print(f"{name:44} {shape[0]:>6} {grams:>9.3f} {maps:>9.3f} {maps / grams:>9.2f}x  {chosen}",
               flush=True)
 
 

@@ -13,9 +13,11 @@ from torch import nn
 
 CONV_NORMS = ("fro", "fro-mean", "l1")
 _CHUNK_ELEMENTS = 2**24  # bound on the patches, maps and per-sample squares of one chunk of "fro" scoring
-# Per input channel and sample, the Gram route costs out x taps x (taps + 1) / 2 kernel pair products and the maps
-# route out x taps x positions multiply-adds, but it writes every map entry; bench/fro_routes.py measured the maps
-# route slower on every layer but ViT-B/32's patch embedding (1024 taps per 49 or 4 positions, 20x faster there).
+# "fro" from each kernel's output map (see takes_maps_route) where a kernel has over this many taps per output
+# position. Per input channel and sample the Gram route costs out x taps x (taps + 1) / 2 multiply-adds and holds
+# as many kernel pair products per layer; the maps route costs out x taps x positions but writes every map entry.
+# bench/fro_routes.py measured the maps route 1.3-15x slower on every layer but ViT-B/32's patch embedding (1024 taps
+# per 49 positions), where it was 13x faster.
 _MAPS_TAPS_PER_POSITION = 8
 
 
@@ -93,10 +95,7 @@ class ScoreAccumulator:
     def _fro_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the batch of ||K_ij * |x_ni| ||_F for every kernel: from Gram matrices of the patches, or, for
         kernels with many taps per output position (ViT's patch embeddings), from each kernel's own output map."""
-        taps = math.prod(self.layer.kernel_size)
-        if taps > _MAPS_TAPS_PER_POSITION * _output_positions(self.layer, x.shape[-2:]):
-            return self._fro_sum_by_maps(x)
-        return self._fro_sum_by_grams(x)
+        return self._fro_sum_by_maps(x) if takes_maps_route(self.layer, x.shape[-2:]) else self._fro_sum_by_grams(x)
 
     def _fro_sum_by_grams(self, x: torch.Tensor) -> torch.Tensor:
         """``_fro_sum`` as k^T G k, without per-kernel output maps."""
@@ -105,8 +104,8 @@ class ScoreAccumulator:
             kernels = layer.weight.detach().abs().flatten(2).to(x.dtype)  # (out, in / groups, k*k)
             self.products = _pair_products(_grouped(kernels, layer.groups))
         in_channels, per_channel, _ = self.products.shape
-        taps = math.prod(layer.kernel_size)
-        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(per_channel, taps * self.positions)))
+        taps, positions = math.prod(layer.kernel_size), _output_positions(layer, x.shape[-2:])
+        chunk = max(1, _CHUNK_ELEMENTS // (in_channels * max(per_channel, taps * positions)))
         total = torch.zeros(in_channels, per_channel, dtype=torch.float64, device=x.device)
         for start in range(0, x.shape[0], chunk):
             grams = _gram_pairs(self._patches(x[start:start + chunk]))  # (in, pairs, n)
@@ -129,6 +128,11 @@ class ScoreAccumulator:
             maps = torch.bmm(kernels, patches.permute(1, 2, 0, 3).reshape(in_channels, taps, n * positions))
             total += maps.view(in_channels, per_channel, n, positions).square().sum(-1).sqrt().sum(-1)
         return _ungrouped(total, layer.groups)
+
+
+def takes_maps_route(layer: nn.Conv2d, size) -> bool:
+    """Whether "fro" scores of ``layer`` on inputs of spatial ``size`` come from its kernels' output maps."""
+    return math.prod(layer.kernel_size) > _MAPS_TAPS_PER_POSITION * _output_positions(layer, size)
 
 
 def _pairs(taps: int, device) -> tuple[torch.Tensor, torch.Tensor]:

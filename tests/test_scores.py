@@ -333,3 +333,22 @@ def test_fro_chunking_does_not_change_scores(monkeypatch, positions):
     whole = reference.scores(layer, x, "fro")
     monkeypatch.setattr(relief.scores, "_CHUNK_ELEMENTS", 2 * 2 * 3 * 9, raising=False)  # two samples per chunk
     assert_close(connection_scores(layer, x, "fro"), whole, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("way", ["_fro_sum_by_grams", "_fro_sum_by_maps"])
+def test_fro_chunks_stay_within_the_bound_from_the_first_batch(monkeypatch, way):
+    # The patches of one chunk hold n x in x taps x positions values: at most _CHUNK_ELEMENTS (one sample always).
+    import relief.scores
+    from relief.scores import ScoreAccumulator
+
+    layer, x = _conv(padding=1), _inputs(8, 3, 6, 6)  # 9 taps at 36 positions: 972 values per sample
+    bound = 3 * 9 * 36 * 2  # two samples per chunk
+    monkeypatch.setattr(relief.scores, "_CHUNK_ELEMENTS", bound)
+    monkeypatch.setattr(ScoreAccumulator, "_fro_sum", getattr(ScoreAccumulator, way))
+    chunks, patches = [], ScoreAccumulator._patches
+    monkeypatch.setattr(ScoreAccumulator, "_patches",
+                        lambda self, batch: chunks.append(len(batch)) or patches(self, batch))
+    accumulator = ScoreAccumulator(layer, "fro")
+    accumulator.add(x)
+    assert chunks == [2, 2, 2, 2]
+    assert_close(accumulator.scores(), reference.scores(layer, x, "fro"), rtol=RTOL, atol=ATOL)
